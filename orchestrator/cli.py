@@ -1,0 +1,59 @@
+"""`dynamo-launch`: compose (Hydra) -> convert once -> validate and plan -> dry run or launch.
+
+Exit codes: 0 ok, 2 invalid config (nothing started), 3 a process failed to start.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from orchestrator.config import to_launch_config
+from orchestrator.config.store import register
+from orchestrator.errors import BootError, ExitCode, LaunchError
+from orchestrator.plan import build_plan
+from orchestrator.plan.render import print_table
+from orchestrator.plan.validate import dry_run_mode
+
+_HERE = Path(__file__).resolve().parent
+# A wheel carries the configs inside the package; a checkout keeps them at the top.
+CONF_DIR = next(p for p in (_HERE / "conf", _HERE.parent / "conf") if p.is_dir())
+
+register()
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> None:
+    try:
+        launch_cfg = to_launch_config(cfg)
+        mode = dry_run_mode(launch_cfg.dry_run)
+        plan = build_plan(launch_cfg, Path(HydraConfig.get().runtime.output_dir))
+        plan.write_files()
+        if mode == "json":
+            print(plan.to_json())
+        elif mode == "table":
+            print_table(plan)
+        else:
+            raise BootError("this build can plan deployments but not launch them", "print the plan with dry_run=true")
+    except LaunchError as e:
+        print(f"dynamo-launch: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def main() -> None:
+    try:
+        _app()
+    except SystemExit as e:
+        # Hydra exits 1 when it cannot compose: a malformed recipe, an unknown option,
+        # a value of the wrong type. Those are config errors.
+        if e.code == 1:
+            raise SystemExit(ExitCode.CONFIG) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()
