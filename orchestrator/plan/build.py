@@ -173,6 +173,7 @@ def _worker_process(cfg: LaunchConfig, run_dir: Path, r: _Replica, node_rank: in
         "request-port": own["request"],
         "event-port": own["events"],
         "advertise-host": host,
+        "drain-timeout": cfg.supervisor.drain_timeout_s,
         "embedding-worker": group.type is WorkerType.embedding,
         "disagg-config": str(run_dir / "disagg.yaml") if group.disagg_key else None,
         "disagg-config-key": group.disagg_key,

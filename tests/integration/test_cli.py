@@ -173,8 +173,9 @@ def test_recipes_work_from_an_installed_wheel(tmp_path):
     )
     assert install.returncode == 0, install.stderr
     code = (
-        "import sys, orchestrator.cli as cli;"
+        "import sys, pkgutil, importlib, orchestrator, orchestrator.cli as cli;"
         f"assert cli.__file__.startswith({str(site)!r}), cli.__file__;"
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(orchestrator.__path__, 'orchestrator.')];"
         "sys.argv = ['dynamo-launch', '+recipe=llama70b_disagg', 'engine=mock', 'dry_run=json'];"
         "cli.main()"
     )

@@ -1,0 +1,1 @@
+"""Engines behind one interface: `mock` (the CPU simulator) and `sglang`."""

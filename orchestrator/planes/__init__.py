@@ -1,0 +1,1 @@
+"""The planes between processes: discovery, the request plane, the event plane."""

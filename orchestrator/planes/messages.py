@@ -1,0 +1,124 @@
+"""Typed messages of the request plane and their one codec (msgpack via msgspec).
+
+A frontend sends `GenerateRequest`, `EmbedRequest` or `Cancel` to a worker; the
+worker streams back `Chunk`s (the last one carries `finish_reason` and usage), one
+`Embeddings`, or an `ErrorReply`. Every message names its request, so one connection
+carries many requests at once.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import msgspec
+
+
+class SamplingOptions(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    seed: Optional[int] = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+class StopConditions(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    max_tokens: int = 16
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()  # user stops; the model's EOS is added by the engine
+    ignore_eos: bool = False
+
+
+class BootstrapInfo(msgspec.Struct, forbid_unknown_fields=True):
+    """Where a decode engine finds the prefill engine's KV (SGLang's bootstrap triple)."""
+
+    host: str
+    port: int
+    room: int  # random in [0, 2**63 - 1], shared by the two legs of one request
+
+
+class GenerateRequest(msgspec.Struct, tag="generate", omit_defaults=True, forbid_unknown_fields=True):
+    request_id: str
+    token_ids: list[int] = []
+    text: Optional[str] = None  # only when the worker tokenizes (SGLang chat-processor mode)
+    sampling: SamplingOptions = SamplingOptions()
+    stop: StopConditions = StopConditions()
+    top_logprobs: Optional[int] = None  # None: no logprobs; 0: the chosen token's only
+    bootstrap: Optional[BootstrapInfo] = None
+    dp_rank: Optional[int] = None  # routed DP rank; None lets the engine balance
+
+
+class EmbedRequest(msgspec.Struct, tag="embed", omit_defaults=True, forbid_unknown_fields=True):
+    request_id: str
+    inputs: list[list[int]] = []  # token ids per input
+    texts: list[str] = []  # or text per input, when the worker tokenizes
+
+
+class Cancel(msgspec.Struct, tag="cancel", forbid_unknown_fields=True):
+    request_id: str
+
+
+class TopLogprob(msgspec.Struct, array_like=True):
+    token_id: int
+    logprob: float
+
+
+class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True):
+    """New tokens of one request. The last chunk has `finish_reason` and usage."""
+
+    request_id: str
+    token_ids: list[int] = []
+    logprobs: Optional[list[float]] = None  # one per new token
+    top_logprobs: Optional[list[list[TopLogprob]]] = None
+    finish_reason: Optional[str] = None  # stop | length | abort
+    matched_stop: Optional[int] = None  # the stop token that ended the request
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class Embeddings(msgspec.Struct, tag="embeddings"):
+    request_id: str
+    embeddings: list[list[float]]
+    prompt_tokens: int
+
+
+class ErrorKind:
+    """Why a request failed. `ENGINE_SHUTDOWN` and `DISCONNECTED` are migratable."""
+
+    ENGINE_SHUTDOWN = "engine_shutdown"  # the worker is draining; resume elsewhere
+    DISCONNECTED = "disconnected"
+    INVALID = "invalid_request"  # e.g. prompt longer than the context
+    OVERLOADED = "overloaded"
+    BOOTSTRAP_TIMEOUT = "bootstrap_timeout"  # a disaggregated pair never met
+    INTERNAL = "internal"
+
+    MIGRATABLE = frozenset({ENGINE_SHUTDOWN, DISCONNECTED})
+
+
+class ErrorReply(msgspec.Struct, tag="error"):
+    request_id: str
+    kind: str
+    message: str
+
+
+ToWorker = Union[GenerateRequest, EmbedRequest, Cancel]
+FromWorker = Union[Chunk, Embeddings, ErrorReply]
+
+_encoder = msgspec.msgpack.Encoder()
+_to_worker = msgspec.msgpack.Decoder(ToWorker)
+_from_worker = msgspec.msgpack.Decoder(FromWorker)
+
+
+def encode(message: ToWorker | FromWorker) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_to_worker(data: bytes) -> ToWorker:
+    return _to_worker.decode(data)
+
+
+def decode_from_worker(data: bytes) -> FromWorker:
+    return _from_worker.decode(data)

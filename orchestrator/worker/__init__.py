@@ -1,0 +1,1 @@
+"""The SGLang backend worker: `python -m orchestrator.worker <SGLang args> <our args>`."""
