@@ -1,13 +1,9 @@
-"""Turning config into command lines.
-
-SGLang flag maps pass through with SGLang's own `--config` semantics: the key is the
-dashed flag name, `true` adds the bare flag, `false`/null leave it out, a list gives
-one value per item, a mapping becomes a JSON string, anything else `str()`.
-"""
+"""Turning config into command lines: which SGLang flags a flag map may set (the
+plan renders the rest from typed config), and the module a process runs. Flag maps
+become tokens by SGLang's own rule (`orchestrator.sglang_config`)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Mapping
 
@@ -60,27 +56,6 @@ def check_flag_map(flags: Mapping[str, Any], where: str, group: str | None = Non
         if key in PLAN_OWNED_FLAGS and key not in allowed:
             owner = PLAN_OWNED_FLAGS[key].replace("<group>", group or "<group>")
             raise ConfigError(f"{where}.{key}", "is set by the launch plan", f"set {owner} instead")
-
-
-def render_flags(flags: Mapping[str, Any]) -> list[str]:
-    argv: list[str] = []
-    for key, value in flags.items():
-        if value is None or value is False:
-            continue
-        argv.append(f"--{key}")
-        if value is True:
-            continue
-        if isinstance(value, (list, tuple)):
-            argv.extend(_scalar(v) for v in value)
-        else:
-            argv.append(_scalar(value))
-    return argv
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return json.dumps(dict(value), separators=(",", ":"))
-    return str(value)
 
 
 def python_module(module: str) -> list[str]:

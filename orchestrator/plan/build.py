@@ -14,7 +14,8 @@ import yaml
 from orchestrator.config.schema import DType, LaunchConfig, WorkerGroupConfig
 from orchestrator.config.store import package_path
 from orchestrator.errors import ConfigError
-from orchestrator.plan.argv import python_module, render_flags
+from orchestrator.plan.argv import python_module
+from orchestrator.sglang_config import flags_to_argv as render_flags
 from orchestrator.plan.inventory import Inventory, NodeSlice
 from orchestrator.plan.plan import LaunchPlan, ProcessSpec
 from orchestrator.plan.ports import PortAllocator

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from orchestrator.errors import ConfigError
+from orchestrator.sglang_config import flags_to_argv
 
 log = logging.getLogger(__name__)
 
@@ -92,25 +91,7 @@ def merge_config(argv: list[str]) -> list[str]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError("--config", f"{path} must hold a mapping of SGLang flags")
-    return config_to_argv(data) + argv[:i] + argv[i + 2 :]
-
-
-def config_to_argv(flags: dict[str, Any]) -> list[str]:
-    """YAML to tokens the way SGLang's ConfigArgumentMerger does it."""
-    out: list[str] = []
-    for key, value in flags.items():
-        if value is False or value is None:
-            continue
-        out.append(f"--{key}")
-        if value is True:
-            continue
-        if isinstance(value, list):
-            out.extend(str(v) for v in value)
-        elif isinstance(value, dict):
-            out.append(json.dumps(value))
-        else:
-            out.append(str(value))
-    return out
+    return flags_to_argv(data) + argv[:i] + argv[i + 2 :]
 
 
 def parse_mock(argv: list[str]) -> argparse.Namespace:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.plan.argv import check_flag_map, render_flags
+from orchestrator.plan.argv import check_flag_map
+from orchestrator.sglang_config import flags_to_argv as render_flags
 from orchestrator.plan.inventory import Inventory
 from orchestrator.plan.ports import SGLANG_PORT_SPAN, PortAllocator
 
