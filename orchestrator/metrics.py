@@ -46,3 +46,37 @@ class ComponentMetrics:
 
     def error(self, kind: str) -> None:
         self._errors.labels(**self._labels, error_type=kind).inc()
+
+
+TOKEN_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384, 32768, 131072)
+
+
+class FrontendMetrics:
+    """What the frontend counts (`dynamo_frontend_*`). Labels: the served model, the
+    endpoint (chat_completions | completions | embeddings) and the request type
+    (stream | unary); no per-request or per-user label."""
+
+    def __init__(self, registry: CollectorRegistry):
+        model, full = ("model",), ("model", "endpoint", "request_type")
+        self.requests = Counter("dynamo_frontend_requests", "Requests by outcome", (*full, "status"), registry=registry)
+        self.inflight = Gauge("dynamo_frontend_inflight_requests", "Requests being served", model, registry=registry)
+        self.queued = Gauge("dynamo_frontend_queued_requests", "Requests waiting for their first token", model,
+                            registry=registry)
+        self.ttft = Histogram("dynamo_frontend_time_to_first_token_seconds", "Time to first token", model,
+                              buckets=LATENCY_BUCKETS, registry=registry)
+        self.itl = Histogram("dynamo_frontend_inter_token_latency_seconds", "Time between tokens", model,
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=registry)
+        self.duration = Histogram("dynamo_frontend_request_duration_seconds", "Request duration", model,
+                                  buckets=LATENCY_BUCKETS, registry=registry)
+        self.input_tokens = Histogram("dynamo_frontend_input_sequence_tokens", "Prompt tokens", model,
+                                      buckets=TOKEN_BUCKETS, registry=registry)
+        self.output_tokens = Histogram("dynamo_frontend_output_sequence_tokens", "Generated tokens", model,
+                                       buckets=TOKEN_BUCKETS, registry=registry)
+        self.cached_tokens = Histogram("dynamo_frontend_cached_tokens", "Prompt tokens served from a prefix cache",
+                                       model, buckets=TOKEN_BUCKETS, registry=registry)
+        self.disconnected = Counter("dynamo_frontend_disconnected_clients", "Clients gone before their answer",
+                                    registry=registry)
+        self.cancellations = Counter("dynamo_frontend_model_cancellation", "Requests cancelled by their client", full,
+                                     registry=registry)
+        self.migrations = Counter("dynamo_frontend_model_migration", "Requests moved to another worker",
+                                  (*model, "migration_type"), registry=registry)

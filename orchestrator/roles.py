@@ -38,6 +38,7 @@ class RouterMode(str, Enum):
 
     round_robin = "round-robin"
     random = "random"
+    least_loaded = "least-loaded"
     kv = "kv"
 
 

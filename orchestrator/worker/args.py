@@ -20,11 +20,12 @@ import yaml
 
 from orchestrator.errors import ConfigError
 from orchestrator.roles import EngineKind, WorkerType
+from orchestrator.envflags import env_flag_adder
 from orchestrator.worker import sglang_flags
 
 
-# Dynamo's names where it has one; otherwise DYN_ + the flag in upper snake case.
-_ENV_NAMES = {
+# Dynamo's variable names where it has one.
+WORKER_ENV_NAMES = {
     "use-sglang-tokenizer": "DYN_SGL_USE_TOKENIZER",
     "embedding-worker": "DYN_SGL_EMBEDDING_WORKER",
     "disagg-config": "DYN_SGL_DISAGG_CONFIG",
@@ -39,11 +40,6 @@ _ENV_NAMES = {
     "health-check-timeout": "DYN_HEALTH_CHECK_REQUEST_TIMEOUT",
     "drain-timeout": "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS",
 }
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def env_name(flag: str) -> str:
-    return _ENV_NAMES.get(flag, "DYN_" + flag.upper().replace("-", "_"))
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ MOCK_FLAGS: dict[str, type] = {
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.worker", allow_abbrev=False)
-    a = _adder(p, environ)
+    a = env_flag_adder(p, environ, WORKER_ENV_NAMES)
     a("namespace", default="dynamo")
     a("component", help="discovery component (default: by worker type)")
     a("endpoint", default="generate")
@@ -124,22 +120,6 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     for name, kind in MOCK_FLAGS.items():
         a(f"mock-{name.replace('_', '-')}", flag=kind is bool, type=None if kind is bool else kind)
     return p
-
-
-def _adder(parser: argparse.ArgumentParser, environ: Mapping[str, str]):
-    """`add(name, ...)`: a `--name` flag whose default comes from its DYN_* variable."""
-
-    def add(name: str, *, flag: bool = False, default=None, type=None, help: str = "", **kwargs):
-        env = env_name(name)
-        raw = environ.get(env)
-        if flag:
-            value = raw.strip().lower() in _TRUE if raw is not None else default
-            parser.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=value, help=f"{help} [{env}]")
-        else:
-            value = (type or str)(raw) if raw is not None else default
-            parser.add_argument(f"--{name}", type=type, default=value, help=f"{help} [{env}]", **kwargs)
-
-    return add
 
 
 def parse_worker_args(argv: list[str], environ: Mapping[str, str] | None = None) -> WorkerArgs:

@@ -131,7 +131,7 @@ def test_unknown_recipe_lists_the_recipes(tmp_path):
 def test_help_lists_groups_and_recipes(tmp_path):
     result = run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for line in ("router: kv, random, round_robin", "engine: mock, sglang", "llama70b_disagg"):
+    for line in ("router: kv, least_loaded, random, round_robin", "engine: mock, sglang", "llama70b_disagg"):
         assert line in result.stdout
 
 

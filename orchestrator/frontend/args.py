@@ -1,0 +1,86 @@
+"""The frontend's command line (Dynamo's flag names; each also reads a DYN_* variable)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from orchestrator.envflags import env_flag_adder
+from orchestrator.errors import ConfigError
+from orchestrator.roles import ChatProcessor, RouterMode
+
+FRONTEND_ENV_NAMES = {
+    "discovery-dir": "DYN_FILE_KV",
+    "etcd-endpoints": "ETCD_ENDPOINTS",
+    "lease-ttl": "DYN_LEASE_TTL_SECS",
+    "router-kv-overlap-score-weight": "DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT",
+    "router-temperature": "DYN_ROUTER_TEMPERATURE",
+    "router-kv-events": "DYN_ROUTER_KV_EVENTS",
+}
+
+
+@dataclass(frozen=True)
+class FrontendArgs:
+    http_host: str
+    http_port: int
+    namespace: str
+    router_mode: RouterMode
+    router_kv_overlap_score_weight: float
+    router_temperature: float
+    router_kv_events: bool
+    migration_limit: int
+    chat_processor: ChatProcessor
+    discovery_backend: str
+    discovery_dir: str
+    etcd_endpoints: list[str]
+    lease_ttl: float
+
+
+def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = None) -> FrontendArgs:
+    environ = os.environ if environ is None else environ
+    p = argparse.ArgumentParser(prog="python -m orchestrator.frontend", allow_abbrev=False)
+    a = env_flag_adder(p, environ, FRONTEND_ENV_NAMES)
+    a("http-host", default="127.0.0.1")
+    a("http-port", type=int, default=8000)
+    a("namespace", default="dynamo")
+    a("router-mode", default=RouterMode.round_robin.value, choices=[m.value for m in RouterMode])
+    a("router-kv-overlap-score-weight", type=float, default=1.0)
+    a("router-temperature", type=float, default=0.0)
+    a("router-kv-events", flag=True, default=True, help="off: approximate KV routing")
+    a("migration-limit", type=int, default=0, help="times a request may move to another worker")
+    a("dyn-chat-processor", default=ChatProcessor.dynamo.value, choices=[c.value for c in ChatProcessor])
+    a("discovery-backend", default="file", choices=["file", "etcd"])
+    a("discovery-dir", default=str(Path(tempfile.gettempdir()) / "dynamo_store_kv"))
+    a("etcd-endpoints", default="http://127.0.0.1:2379")
+    a("lease-ttl", type=float, default=10.0)
+    ns = p.parse_args(argv)
+    _check_available(ns)
+    return FrontendArgs(
+        http_host=ns.http_host,
+        http_port=ns.http_port,
+        namespace=ns.namespace,
+        router_mode=RouterMode(ns.router_mode),
+        router_kv_overlap_score_weight=ns.router_kv_overlap_score_weight,
+        router_temperature=ns.router_temperature,
+        router_kv_events=ns.router_kv_events,
+        migration_limit=ns.migration_limit,
+        chat_processor=ChatProcessor(ns.dyn_chat_processor),
+        discovery_backend=ns.discovery_backend,
+        discovery_dir=ns.discovery_dir,
+        etcd_endpoints=[e for e in ns.etcd_endpoints.split(",") if e],
+        lease_ttl=ns.lease_ttl,
+    )
+
+
+def _check_available(ns: argparse.Namespace) -> None:
+    """Refuse, by name, what this frontend cannot do rather than quietly doing something else."""
+    if ns.router_mode == RouterMode.kv.value:
+        raise ConfigError("--router-mode", "kv routing is not available in this build",
+                          "use round-robin, random or least-loaded")
+    if ns.dyn_chat_processor == ChatProcessor.sglang.value:
+        raise ConfigError("--dyn-chat-processor", "SGLang's chat processor is not available in this build",
+                          "use dynamo (the frontend's own template and tokenizer)")

@@ -1,0 +1,97 @@
+"""One choice of a completion, from worker tokens to the deltas a client sees.
+
+Tokens are detokenized incrementally; stop strings are matched on the text (a match
+ends the choice at once, cancels the worker's request and is never shown); for chat,
+reasoning is split from content and tool calls are parsed out of the content. Every
+step holds back only what it must, so deltas flow as tokens arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from orchestrator.frontend.dispatch import Dispatcher
+from orchestrator.frontend.models import Model
+from orchestrator.frontend.parsers import reasoning_parser, tool_call_parser
+from orchestrator.frontend.preprocess import StopJail
+from orchestrator.planes import messages as m
+
+
+@dataclass
+class Delta:
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list = field(default_factory=list)  # ToolCallDelta
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    top_logprobs: list | None = None
+    finish_reason: str | None = None
+    usage: m.Chunk | None = None  # the final chunk, for its token counts
+
+
+@dataclass
+class ChoiceOptions:
+    stop: list[str]
+    skip_special_tokens: bool = True
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None  # only when the request offered tools
+
+
+async def choice_stream(
+    dispatcher: Dispatcher, model: Model, request: m.GenerateRequest, options: ChoiceOptions, on_token=None
+) -> AsyncIterator[Delta]:
+    decoder = model.tokenizer.decoder(options.skip_special_tokens)
+    jail = StopJail(options.stop)
+    reasoning = reasoning_parser(options.reasoning_parser)() if options.reasoning_parser else None
+    tools = tool_call_parser(options.tool_call_parser)() if options.tool_call_parser else None
+    called = False
+    received = 0
+
+    def shape(text: str, last: bool) -> Delta:
+        nonlocal called
+        thought = ""
+        if reasoning is not None:
+            thought, text = reasoning.push(text)
+            if last:
+                more_thought, more_text = reasoning.finish()
+                thought, text = thought + more_thought, text + more_text
+        calls: list = []
+        if tools is not None:
+            text, calls = tools.push(text)
+            if last:
+                more_text, more_calls = tools.finish()
+                text, calls = text + more_text, calls + more_calls
+        called = called or bool(calls)
+        return Delta(text=text, reasoning=thought, tool_calls=calls)
+
+    stream = dispatcher.generate(model, request)
+    async with contextlib.aclosing(stream):
+        async for chunk in stream:
+            received += len(chunk.token_ids)
+            if on_token is not None:
+                on_token(time.monotonic(), len(chunk.token_ids))
+            text, matched = jail.push(decoder.step(chunk.token_ids))
+            done = matched is not None or chunk.finish_reason is not None
+            if done and matched is None:
+                text += jail.push(decoder.flush())[0] + jail.flush()
+            delta = shape(text, last=done)
+            delta.token_ids, delta.logprobs, delta.top_logprobs = chunk.token_ids, chunk.logprobs, chunk.top_logprobs
+            if done:
+                finish = "stop" if matched is not None else _finish(chunk.finish_reason)
+                delta.finish_reason = "tool_calls" if called and finish == "stop" else finish
+                delta.usage = chunk if chunk.finish_reason else _usage_so_far(request, received)
+                yield delta
+                return  # leaving the block closes the worker stream: a stop string cancels the request
+            yield delta
+
+
+def _finish(reason: str) -> str:
+    return {"abort": "stop"}.get(reason, reason)
+
+
+def _usage_so_far(request: m.GenerateRequest, received: int) -> m.Chunk:
+    """A stop string ended the choice before the worker's final chunk: count what came."""
+    return m.Chunk(request.request_id, prompt_tokens=len(request.token_ids), completion_tokens=received)

@@ -1,0 +1,215 @@
+"""The OpenAI endpoints: validate, prepare (template, tokens, budget), run every choice,
+answer as one JSON body or as a Server-Sent Events stream.
+
+A body that fails validation is answered with a 400 before anything reaches a worker.
+Choices of one request run concurrently (n > 1 fans out); a client that goes away
+cancels them, which cancels their worker requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from aiohttp import web
+
+from orchestrator.frontend.dispatch import Dispatcher, GenerationError
+from orchestrator.frontend.generation import ChoiceOptions, Delta, choice_stream
+from orchestrator.frontend.models import Model, ModelRegistry
+from orchestrator.frontend.openai import errors, responses
+from orchestrator.frontend.openai.requests import ChatRequest, CompletionRequest, GenerationRequest
+from orchestrator.frontend.openai.sse import SSE_DONE, sse_error, sse_event
+from orchestrator.metrics import FrontendMetrics
+from orchestrator.planes import messages as m
+from orchestrator.roles import WorkerType
+
+
+class Choices:
+    """The n choices of one generation request, run concurrently; deltas tagged by index."""
+
+    def __init__(self, dispatcher: Dispatcher, model: Model, metrics: FrontendMetrics):
+        self.dispatcher, self.model, self.metrics = dispatcher, model, metrics
+        self.first_token: float | None = None
+        self._last_token: float | None = None
+
+    def _on_token(self, now: float, count: int) -> None:
+        if self.first_token is None:
+            self.first_token = now
+            self.metrics.queued.labels(model=self.model.name).dec()
+        elif self._last_token is not None and count:
+            self.metrics.itl.labels(model=self.model.name).observe((now - self._last_token) / count)
+        self._last_token = now
+
+    async def run(self, jobs: list[tuple[int, m.GenerateRequest, ChoiceOptions]]) -> AsyncIterator[tuple[int, Delta]]:
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def one(index: int, request: m.GenerateRequest, options: ChoiceOptions) -> None:
+            async for delta in choice_stream(self.dispatcher, self.model, request, options, self._on_token):
+                await queue.put((index, delta))
+
+        self.metrics.queued.labels(model=self.model.name).inc()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(*job)) for job in jobs]
+                watcher = group.create_task(_when_all(tasks, queue, done))
+                while (item := await queue.get()) is not done:
+                    yield item
+                await watcher
+        finally:
+            if self.first_token is None:
+                self.metrics.queued.labels(model=self.model.name).dec()
+
+
+async def _when_all(tasks, queue: asyncio.Queue, done) -> None:
+    await asyncio.gather(*tasks)
+    await queue.put(done)
+
+
+def generate_requests(req: GenerationRequest, prompts: list[list[int]], max_tokens: list[int]) -> list:
+    """One engine request per (prompt, choice). With n > 1 and sampling, each choice gets
+    its own seed, so choices differ yet stay reproducible when the caller gave a seed."""
+    base_id = uuid.uuid4().hex
+    base_seed = req.sampling.seed if req.sampling.seed is not None else random.getrandbits(31)
+    jobs = []
+    for p, (ids, budget) in enumerate(zip(prompts, max_tokens, strict=True)):
+        for c in range(req.n):
+            sampling = req.sampling
+            if req.n > 1 and sampling.temperature > 0:
+                sampling = m.SamplingOptions(**{**_fields(sampling), "seed": base_seed + c})
+            jobs.append(m.GenerateRequest(
+                request_id=f"{base_id}-{p * req.n + c}",
+                token_ids=ids,
+                sampling=sampling,
+                stop=m.StopConditions(max_tokens=budget, min_tokens=req.min_tokens,
+                                      stop_token_ids=req.stop_token_ids, ignore_eos=req.ignore_eos),
+                top_logprobs=req.logprobs,
+            ))
+    return jobs
+
+
+def _fields(struct) -> dict:
+    return {f: getattr(struct, f) for f in struct.__struct_fields__}
+
+
+def budget(model: Model, prompt_tokens: int, max_tokens: int | None, param: str) -> int:
+    """Tokens the request may generate; a prompt that leaves no room is a 400."""
+    context = model.card.context_length
+    room = context - prompt_tokens
+    if room <= 0 or (max_tokens is not None and max_tokens > room):
+        raise errors.context_length_exceeded(prompt_tokens, max_tokens, context, param)
+    return room if max_tokens is None else max_tokens
+
+
+def usage_of(deltas: list[Delta]) -> dict:
+    finals = [d.usage for d in deltas if d.usage is not None]
+    return responses.usage(
+        prompt_tokens=sum(u.prompt_tokens for u in finals[:: max(1, len(finals))]) if finals else 0,
+        completion_tokens=sum(u.completion_tokens for u in finals),
+        cached_tokens=max((u.cached_tokens for u in finals), default=0),
+    )
+
+
+def chat_jobs(model: Model, req: ChatRequest) -> tuple[list, list[int]]:
+    tokenizer = model.tokenizer
+    text = tokenizer.apply_chat_template(
+        req.messages, tools=req.tools or None, add_generation_prompt=True, **req.chat_template_kwargs
+    )
+    ids = tokenizer.encode(text)
+    n_out = budget(model, len(ids), req.max_tokens, "messages")
+    options = ChoiceOptions(
+        stop=list(req.stop),
+        reasoning_parser=model.card.reasoning_parser,
+        tool_call_parser=model.card.tool_call_parser if req.tools and req.tool_choice != "none" else None,
+    )
+    return [(i, r, options) for i, r in enumerate(generate_requests(req, [ids], [n_out]))], ids
+
+
+def completion_jobs(model: Model, req: CompletionRequest) -> list:
+    tokenizer = model.tokenizer
+    prompts = [tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in req.prompts]
+    budgets = [budget(model, len(ids), req.max_tokens, "prompt") for ids in prompts]
+    options = ChoiceOptions(stop=list(req.stop))
+    return [(i, r, options) for i, r in enumerate(generate_requests(req, prompts, budgets))]
+
+
+def chat_logprobs(model: Model, delta: Delta) -> dict[str, Any] | None:
+    if delta.logprobs is None:
+        return None
+    decode = model.tokenizer.decode
+    tops = delta.top_logprobs or [[] for _ in delta.token_ids]
+    content = [
+        responses.token_logprob(decode([t], skip_special_tokens=False), lp,
+                                [(decode([alt.token_id], skip_special_tokens=False), alt.logprob) for alt in top])
+        for t, lp, top in zip(delta.token_ids, delta.logprobs, tops, strict=False)
+    ]
+    return responses.chat_logprobs(content)
+
+
+def completion_logprobs(model: Model, delta: Delta, offset: int) -> dict[str, Any] | None:
+    if delta.logprobs is None:
+        return None
+    decode = model.tokenizer.decode
+    tokens = [decode([t], skip_special_tokens=False) for t in delta.token_ids]
+    offsets, at = [], offset
+    for token in tokens:
+        offsets.append(at)
+        at += len(token)
+    tops = [{decode([alt.token_id], skip_special_tokens=False): alt.logprob for alt in top}
+            for top in (delta.top_logprobs or [[] for _ in tokens])]
+    return responses.completion_logprobs(tokens, list(delta.logprobs), tops, offsets)
+
+
+class Responder:
+    """Writes a stream of events, and knows whether the client is still there."""
+
+    def __init__(self, request: web.Request):
+        self.request = request
+        self.response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    async def start(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, obj: Any) -> None:
+        await self.response.write(sse_event(obj))
+
+    async def finish(self, error: errors.RequestError | None = None) -> web.StreamResponse:
+        if error is not None:
+            await self.response.write(sse_error(error))
+        await self.response.write(SSE_DONE)
+        await self.response.write_eof()
+        return self.response
+
+
+def http_error(error: GenerationError) -> errors.RequestError:
+    if error.status == 400:
+        return errors.invalid_request(str(error))
+    if error.status == 503:
+        return errors.service_unavailable(str(error))
+    return errors.internal_error(str(error))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def model_of(registry: ModelRegistry, name: str, *, embedding: bool = False) -> Model:
+    model = registry.models.get(name)
+    if model is None:
+        raise errors.model_not_found(name)
+    if embedding != model.is_embedding:
+        kind = "an embedding model" if model.is_embedding else "a generative model"
+        raise errors.invalid_request(f"`{name}` is {kind}", param="model")
+    return model
+
+
+def embedding_worker(model: Model):
+    live = model.serving(WorkerType.embedding)
+    if not live:
+        raise errors.service_unavailable(f"no worker can take a request for {model.name} now")
+    return min(live, key=lambda i: i.inflight)

@@ -1,0 +1,58 @@
+"""The frontend's life: watch discovery, serve HTTP, stop on SIGTERM/SIGINT.
+
+The model registry follows every discovery snapshot, so a worker that registers is
+routable at once and one that leaves (drains, or its lease expires) is not. On a stop
+signal `/live` turns 503, the server stops accepting, and in-flight requests get up
+to the grace period to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from prometheus_client import CollectorRegistry
+
+from orchestrator.frontend.args import FrontendArgs
+from orchestrator.frontend.dispatch import Dispatcher
+from orchestrator.frontend.models import ModelRegistry
+from orchestrator.frontend.server import FrontendServer
+from orchestrator.metrics import FrontendMetrics
+from orchestrator.planes.discovery import open_discovery
+from orchestrator.router import make_router
+from orchestrator.signals import Shutdown
+
+log = logging.getLogger(__name__)
+
+
+async def run_frontend(args: FrontendArgs) -> int:
+    shutdown = Shutdown()
+    shutdown.install(asyncio.get_running_loop())
+    registry = CollectorRegistry()
+    metrics = FrontendMetrics(registry)
+    dispatcher = Dispatcher(make_router(args.router_mode), args.migration_limit, metrics)
+    discovery = open_discovery(
+        args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
+    )
+    async with discovery, ModelRegistry() as models:
+        server = FrontendServer(args.http_host, args.http_port, models, dispatcher, registry, metrics)
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(_follow(discovery, args.namespace, models))
+            await server.start()
+            await shutdown.requested.wait()
+            server.shutting_down = True
+            log.info("stopping: %d requests in flight", _inflight(models))
+            watcher.cancel()
+        await server.close()
+    return 0
+
+
+async def _follow(discovery, namespace: str, models: ModelRegistry) -> None:
+    async with contextlib.aclosing(discovery.watch(namespace)) as snapshots:
+        async for snapshot in snapshots:
+            await models.apply(snapshot)
+
+
+def _inflight(models: ModelRegistry) -> int:
+    return sum(i.inflight for model in models.models.values() for i in model.instances.values())

@@ -1,0 +1,268 @@
+"""The frontend's HTTP server: OpenAI routes plus /health, /live and /metrics.
+
+Handlers are cancelled when their client disconnects (aiohttp's `handler_cancellation`),
+which closes every choice stream and so sends a cancel to each worker at once; the
+cancellation is counted. Errors answer with OpenAI's JSON error body and an honest
+status; a stream that fails after it started ends with an error event and [DONE].
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from orchestrator.frontend import handlers as h
+from orchestrator.frontend.dispatch import Dispatcher, GenerationError
+from orchestrator.frontend.generation import Delta
+from orchestrator.frontend.models import ModelRegistry
+from orchestrator.frontend.openai import errors, responses
+from orchestrator.frontend.openai.requests import parse_chat, parse_completion, parse_embedding
+from orchestrator.metrics import FrontendMetrics
+from orchestrator.planes import messages as m
+
+log = logging.getLogger(__name__)
+
+BODY_LIMIT = 64 * 1024 * 1024
+
+
+class FrontendServer:
+    def __init__(self, host: str, port: int, models: ModelRegistry, dispatcher: Dispatcher,
+                 registry: CollectorRegistry, metrics: FrontendMetrics):
+        self.host, self.port = host, port
+        self.models, self.dispatcher, self.registry, self.metrics = models, dispatcher, registry, metrics
+        self.shutting_down = False
+        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[self._errors])
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/live", self.live)
+        app.router.add_get("/metrics", self.prometheus)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        log.info("frontend listening on http://%s:%d", self.host, self.port)
+
+    async def close(self) -> None:
+        await self._runner.cleanup()
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler):
+        try:
+            return await handler(request)
+        except errors.RequestError as e:
+            return web.json_response(e.body(), status=e.status)
+        except GenerationError as e:
+            error = h.http_error(e)
+            return web.json_response(error.body(), status=error.status)
+        except web.HTTPException as e:
+            if e.status == 413:
+                error = errors.payload_too_large(BODY_LIMIT)
+                return web.json_response(error.body(), status=413)
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return web.json_response(errors.internal_error().body(), status=500)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        req = parse_chat(await _body(request))
+        model = h.model_of(self.models, req.model)
+        jobs, prompt = h.chat_jobs(model, req)
+        return await self._generate(request, "chat_completions", model, req, jobs, [len(prompt)])
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        req = parse_completion(await _body(request))
+        model = h.model_of(self.models, req.model)
+        jobs = h.completion_jobs(model, req)
+        prompts = [len(job[1].token_ids) for job in jobs[:: req.n]]
+        return await self._generate(request, "completions", model, req, jobs, prompts)
+
+    async def _generate(self, request, endpoint, model, req, jobs, prompt_tokens) -> web.StreamResponse:
+        kind = "stream" if req.stream else "unary"
+        labels = {"model": model.name, "endpoint": endpoint, "request_type": kind}
+        self.metrics.inflight.labels(model=model.name).inc()
+        self.metrics.input_tokens.labels(model=model.name).observe(sum(prompt_tokens))
+        started = time.monotonic()
+        status = "error"
+        try:
+            choices = h.Choices(self.dispatcher, model, self.metrics)
+            body = self._stream(request, endpoint, model, req, choices, jobs, prompt_tokens) if req.stream \
+                else self._unary(endpoint, model, req, choices, jobs, prompt_tokens)
+            response = await body
+            status = "success"
+            if choices.first_token is not None:
+                self.metrics.ttft.labels(model=model.name).observe(choices.first_token - started)
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.metrics.cancellations.labels(**labels).inc()
+            self.metrics.disconnected.inc()
+            raise
+        finally:
+            self.metrics.requests.labels(**labels, status=status).inc()
+            self.metrics.inflight.labels(model=model.name).dec()
+            self.metrics.duration.labels(model=model.name).observe(time.monotonic() - started)
+
+    async def _unary(self, endpoint, model, req, choices, jobs, prompt_tokens) -> web.Response:
+        collected: dict[int, list[Delta]] = defaultdict(list)
+        async for index, delta in choices.run(jobs):
+            collected[index].append(delta)
+        deltas = [d for index in sorted(collected) for d in collected[index]]
+        usage = self._usage(model, deltas, prompt_tokens)
+        if endpoint == "chat_completions":
+            body = responses.chat_completion(
+                responses.chat_completion_id(), h.now(), model.name,
+                [self._chat_choice(model, i, collected[i]) for i in sorted(collected)], usage,
+            )
+        else:
+            body = responses.completion(
+                responses.completion_id(), h.now(), model.name,
+                [self._completion_choice(model, i, collected[i]) for i in sorted(collected)], usage,
+            )
+        return web.json_response(body)
+
+    def _chat_choice(self, model, index: int, deltas: list[Delta]) -> dict:
+        calls: dict[int, dict] = {}
+        for d in deltas:
+            for c in d.tool_calls:
+                call = calls.setdefault(c.index, {"id": c.id, "name": c.name, "arguments": ""})
+                call["arguments"] += c.arguments
+        reasoning = "".join(d.reasoning for d in deltas)
+        content = "".join(d.text for d in deltas)
+        logprobs = [h.chat_logprobs(model, d) for d in deltas]
+        message = responses.chat_message(
+            content if content or not calls else None,
+            reasoning_content=reasoning or None,
+            tool_calls=[responses.tool_call(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())],
+        )
+        merged = {"content": [e for lp in logprobs if lp for e in lp["content"]]} if any(logprobs) else None
+        return responses.chat_choice(index, message, deltas[-1].finish_reason, merged)
+
+    def _completion_choice(self, model, index: int, deltas: list[Delta]) -> dict:
+        text, logprobs, offset = "", None, 0
+        for d in deltas:
+            piece = h.completion_logprobs(model, d, offset)
+            if piece is not None:
+                logprobs = piece if logprobs is None else {k: logprobs[k] + piece[k] for k in logprobs}
+            text += d.text
+            offset = len(text)
+        return responses.completion_choice(index, text, deltas[-1].finish_reason, logprobs)
+
+    async def _stream(self, request, endpoint, model, req, choices, jobs, prompt_tokens) -> web.StreamResponse:
+        chat = endpoint == "chat_completions"
+        rid, created = (responses.chat_completion_id() if chat else responses.completion_id()), h.now()
+        out = h.Responder(request)
+        await out.start()
+        deltas: list[Delta] = []
+        offsets: dict[int, int] = defaultdict(int)
+        try:
+            if chat:
+                for index, *_ in jobs:
+                    await out.send(responses.chat_chunk(rid, created, model.name, index, role="assistant", content=""))
+            async for index, delta in choices.run(jobs):
+                deltas.append(delta)
+                if chat:
+                    chunk = responses.chat_chunk(
+                        rid, created, model.name, index,
+                        content=delta.text or None,
+                        reasoning_content=delta.reasoning or None,
+                        tool_calls=[responses.tool_call_delta(c.index, id=c.id, name=c.name, arguments=c.arguments)
+                                    for c in delta.tool_calls] or None,
+                        finish_reason=delta.finish_reason,
+                        logprobs=h.chat_logprobs(model, delta),
+                    )
+                else:
+                    chunk = responses.completion_chunk(
+                        rid, created, model.name, index, text=delta.text, finish_reason=delta.finish_reason,
+                        logprobs=h.completion_logprobs(model, delta, offsets[index]),
+                    )
+                    offsets[index] += len(delta.text)
+                if delta.text or delta.reasoning or delta.tool_calls or delta.finish_reason or delta.logprobs:
+                    await out.send(chunk)
+            if req.stream_options.include_usage:
+                usage = self._usage(model, deltas, prompt_tokens)
+                build = responses.chat_usage_chunk if chat else responses.completion_usage_chunk
+                await out.send(build(rid, created, model.name, usage))
+            else:
+                self._usage(model, deltas, prompt_tokens)
+            return await out.finish()
+        except GenerationError as e:
+            return await out.finish(h.http_error(e))
+
+    def _usage(self, model, deltas: list[Delta], prompt_tokens: list[int]) -> dict:
+        finals = [d.usage for d in deltas if d.usage is not None]
+        completion = sum(u.completion_tokens for u in finals)
+        cached = max((u.cached_tokens for u in finals), default=0)
+        self.metrics.output_tokens.labels(model=model.name).observe(completion)
+        self.metrics.cached_tokens.labels(model=model.name).observe(cached)
+        return responses.usage(sum(prompt_tokens), completion, cached)
+
+    # -- embeddings, models, health ------------------------------------------------------------
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        req = parse_embedding(await _body(request))
+        model = h.model_of(self.models, req.model, embedding=True)
+        inputs = [model.tokenizer.encode(x) if isinstance(x, str) else list(x) for x in req.inputs]
+        for ids in inputs:
+            h.budget(model, len(ids), 0, "input")
+        instance = h.embedding_worker(model)
+        instance.inflight += 1
+        try:
+            async for reply in instance.client.stream(m.EmbedRequest(request_id=uuid_hex(), inputs=inputs)):
+                if isinstance(reply, m.ErrorReply):
+                    raise GenerationError(400 if reply.kind == m.ErrorKind.INVALID else 503, reply.message)
+                return web.json_response(
+                    responses.embedding_list(model.name, reply.embeddings, reply.prompt_tokens, req.encoding_format)
+                )
+        finally:
+            instance.inflight -= 1
+        raise GenerationError(503, "the embedding worker gave no answer")
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        cards = [responses.model_card(name, int(min(i.record.started_at for i in model.instances.values())))
+                 for name, model in sorted(self.models.models.items())]
+        return web.json_response(responses.model_list(cards))
+
+    async def health(self, request: web.Request) -> web.Response:
+        instances = [
+            {"instance_id": f"{i.record.instance_id:x}", "model": name, "worker_type": i.record.worker_type.value,
+             "endpoint": f"dyn://{i.record.namespace}.{i.record.component}.{i.record.endpoint}",
+             "address": i.record.request_address}
+            for name, model in sorted(self.models.models.items()) for i in model.instances.values()
+        ]
+        endpoints = sorted({entry["endpoint"] for entry in instances})
+        return web.json_response({"status": "healthy", "endpoints": endpoints, "instances": instances})
+
+    async def live(self, request: web.Request) -> web.Response:
+        if self.shutting_down:
+            return web.json_response({"status": "shutting_down", "message": "Service is shutting down"}, status=503)
+        return web.json_response({"status": "live", "message": "Service is live"})
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _body(request: web.Request):
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise errors.invalid_request(f"the body is not valid JSON: {e}") from None
+
+
+def uuid_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
