@@ -59,6 +59,9 @@ class Choices:
                 while (item := await queue.get()) is not done:
                     yield item
                 await watcher
+        except ExceptionGroup as group_error:
+            # One failed choice fails the request; report its own error, not the group.
+            raise group_error.exceptions[0] from None
         finally:
             if self.first_token is None:
                 self.metrics.queued.labels(model=self.model.name).dec()

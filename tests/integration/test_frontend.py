@@ -1,0 +1,208 @@
+"""The frontend as users meet it: the official `openai` client against real processes
+(a frontend and mock-engine workers) on loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import time
+from urllib.parse import urlparse
+
+import openai
+import pytest
+
+from tests.integration.frontend_support import client, frontend, metric_value, wait_instances
+from tests.integration.worker_support import worker
+
+pytestmark = pytest.mark.slow
+HELLO = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
+LONG_SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 20}
+
+
+@pytest.fixture
+def deployment(tmp_path):
+    with worker(tmp_path, "w", "--dyn-tool-call-parser", "hermes") as (_, worker_url), \
+         frontend(tmp_path, "--migration-limit", "3") as (_, url):
+        yield url, worker_url
+
+
+def connection(url: str, timeout: float) -> http.client.HTTPConnection:
+    parts = urlparse(url)
+    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+
+def post(url: str, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = connection(url, timeout=10)
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def get_text(url: str, path: str) -> str:
+    conn = connection(url, timeout=10)
+    conn.request("GET", path)
+    return conn.getresponse().read().decode()
+
+
+def get_json(url: str, path: str):
+    return json.loads(get_text(url, path))
+
+
+def stream_chat(c, **kw) -> tuple[list[str], list]:
+    pieces, chunks = [], []
+    for chunk in c.chat.completions.create(stream=True, **kw):
+        chunks.append(chunk)
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+    return pieces, chunks
+
+
+def test_chat_streamed_and_unary_agree_with_usage(deployment):
+    url, _ = deployment
+    c = client(url)
+    kw = dict(model="tiny", messages=HELLO, max_tokens=24, temperature=0, extra_body={"ignore_eos": True})
+    unary = c.chat.completions.create(**kw)
+    pieces, chunks = stream_chat(c, stream_options={"include_usage": True}, **kw)
+    assert unary.choices[0].finish_reason == "length" and unary.usage.completion_tokens == 24
+    assert "".join(pieces) == unary.choices[0].message.content
+    assert len(pieces) > 3, "text arrives as it is generated"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == unary.usage.total_tokens
+    assert all("\ufffd" not in p for p in pieces), "a multi-byte character is never split"
+
+
+def test_completions_accept_strings_lists_and_token_ids(deployment):
+    url, _ = deployment
+    c = client(url)
+    text = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
+    batch = c.completions.create(model="tiny", prompt=["Once upon a time", "The end"], max_tokens=6, n=2, temperature=0.8)
+    ids = c.completions.create(model="tiny", prompt=[10, 20, 30, 40], max_tokens=6, logprobs=2)
+    assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 6
+    assert sorted(ch.index for ch in batch.choices) == [0, 1, 2, 3] and batch.usage.completion_tokens == 24
+    assert batch.choices[0].text != batch.choices[1].text, "n > 1 with sampling gives different choices"
+    assert len(ids.choices[0].logprobs.tokens) == 6 and all(len(t) == 2 for t in ids.choices[0].logprobs.top_logprobs)
+    assert ids.usage.prompt_tokens == 4
+
+
+def test_repeated_conversations_report_cached_tokens(deployment):
+    url, _ = deployment
+    c = client(url)
+    messages = [LONG_SYSTEM, *HELLO]
+    first = c.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+    second = c.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= 16 * (first.usage.prompt_tokens // 16 - 1), "the shared prompt comes from the prefix cache"
+
+
+def test_a_stop_string_spanning_chunks_is_cut_and_never_leaked(deployment):
+    url, _ = deployment
+    c = client(url)
+    pieces, _ = stream_chat(c, model="tiny", messages=HELLO, max_tokens=30, temperature=0)
+    whole = "".join(pieces)
+    stop = pieces[4][-2:] + pieces[5][:2]  # straddles two streamed pieces
+    expected = whole[: whole.index(stop)]
+    unary = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=30, temperature=0, stop=[stop])
+    streamed, chunks = stream_chat(c, model="tiny", messages=HELLO, max_tokens=30, temperature=0, stop=[stop])
+    assert unary.choices[0].message.content == expected and unary.choices[0].finish_reason == "stop"
+    assert "".join(streamed) == expected and chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_errors_have_openais_shape_and_honest_statuses(deployment):
+    url, _ = deployment
+    c = client(url)
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="nope", messages=HELLO)
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        c.chat.completions.create(model="tiny", messages=HELLO, temperature=5)
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):
+        c.chat.completions.create(model="tiny", messages=HELLO, logit_bias={"5": 1})
+    with pytest.raises(openai.BadRequestError) as too_long:
+        c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=9000)
+    assert too_long.value.code == "context_length_exceeded"
+    status, body = post(url, "/v1/chat/completions", b"{not json")
+    assert status == 400 and json.loads(body)["error"]["type"] == "invalid_request_error"
+    assert "dynamo_frontend_requests_total{" not in get_text(url, "/metrics"), "refused bodies never reach a worker"
+
+
+def test_a_client_that_disconnects_cancels_the_worker_request(deployment):
+    url, worker_url = deployment
+    conn = connection(url, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "model": "tiny", "messages": HELLO, "max_tokens": 5000, "stream": True, "ignore_eos": True,
+    }), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.readline().startswith(b"data:")
+    conn.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and metric_value(worker_url, "dynamo_component_cancellation_total") < 1:
+        time.sleep(0.05)
+    assert metric_value(worker_url, "dynamo_component_cancellation_total") == 1
+    assert metric_value(url, "dynamo_frontend_model_cancellation_total", request_type="stream") == 1
+    assert metric_value(worker_url, "sglang:num_running_reqs") == 0
+
+
+def test_unary_disconnect_is_cancelled_too(deployment):
+    url, worker_url = deployment
+    conn = connection(url, timeout=0.5)
+    conn.request("POST", "/v1/chat/completions", json.dumps({
+        "model": "tiny", "messages": HELLO, "max_tokens": 8000 - 40, "ignore_eos": True,
+    }), {"Content-Type": "application/json"})
+    with pytest.raises(socket.timeout):
+        conn.getresponse()
+    conn.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and metric_value(worker_url, "dynamo_component_cancellation_total") < 1:
+        time.sleep(0.05)
+    assert metric_value(worker_url, "dynamo_component_cancellation_total") == 1
+    assert metric_value(url, "dynamo_frontend_model_cancellation_total", request_type="unary") == 1
+
+
+def test_migration_after_sigkill_gives_the_undisturbed_answer(tmp_path):
+    slow = ("--mock-num-params", "8000000000")  # about 7 ms per token: the kill lands mid-stream
+    with worker(tmp_path, "a", *slow, speedup=1.0) as (a, a_url), worker(tmp_path, "b", *slow, speedup=1.0) as (b, b_url), \
+         frontend(tmp_path, "--migration-limit", "3", instances=2) as (_, url):
+        c = client(url)
+        kw = dict(model="tiny", messages=HELLO, max_tokens=150, temperature=0, extra_body={"ignore_eos": True})
+        undisturbed = c.chat.completions.create(**kw).choices[0].message.content
+        pieces, killed = [], None
+        for chunk in c.chat.completions.create(stream=True, **kw):
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) == 20 and killed is None:
+                serving = a if metric_value(a_url, "dynamo_component_inflight_requests") else b
+                serving.signal(signal.SIGKILL)
+                killed = serving
+        assert killed is not None
+        assert "".join(pieces) == undisturbed, "no duplicated or missing tokens across the move"
+        assert metric_value(url, "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 1
+
+
+def test_no_worker_left_is_a_503(tmp_path):
+    with worker(tmp_path, "w") as (proc, _), frontend(tmp_path, "--migration-limit", "0") as (_, url):
+        proc.signal(signal.SIGKILL)
+        proc.wait(10)
+        with pytest.raises(openai.InternalServerError) as error:
+            client(url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
+    assert error.value.status_code == 503
+
+
+def test_embeddings(tmp_path):
+    with worker(tmp_path, "e", "--embedding-worker") as _, frontend(tmp_path) as (_, url):
+        c = client(url)
+        result = c.embeddings.create(model="tiny", input=["hello world", "good night"])
+        assert [len(d.embedding) for d in result.data] == [1024, 1024] and result.usage.prompt_tokens > 2
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(model="tiny", messages=HELLO)
+
+
+def test_health_lists_instances_and_models_follow_discovery(tmp_path):
+    with frontend(tmp_path, wait_for=None) as (_, url):
+        assert get_json(url, "/v1/models")["data"] == []
+        with worker(tmp_path, "w"):
+            wait_instances(url, "tiny", 1)
+            assert [m["id"] for m in get_json(url, "/v1/models")["data"]] == ["tiny"]
+        wait_instances(url, "tiny", 0)
+        assert get_json(url, "/health")["instances"] == []
