@@ -130,6 +130,7 @@ def mock_engine_config(args: WorkerArgs) -> MockEngineConfig:
         enable_metrics=arg("enable_metrics"),
         is_embedding=args.worker_type is WorkerType.embedding or bool(arg("is_embedding")),
         bootstrap_timeout_s=float(os.environ.get(BOOTSTRAP_TIMEOUT_ENV, 300)),
+        echo=bool(mock.get("echo")),
     )
 
 

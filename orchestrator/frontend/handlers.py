@@ -99,9 +99,10 @@ def _fields(struct) -> dict:
 
 
 def budget(model: Model, prompt_tokens: int, max_tokens: int | None, param: str) -> int:
-    """Tokens the request may generate; a prompt that leaves no room is a 400."""
+    """Tokens the request may generate; a prompt that leaves no room is a 400. SGLang
+    refuses prompt + max_new_tokens >= context length, hence the one token kept back."""
     context = model.card.context_length
-    room = context - prompt_tokens
+    room = context - prompt_tokens - 1
     if room <= 0 or (max_tokens is not None and max_tokens > room):
         raise errors.context_length_exceeded(prompt_tokens, max_tokens, context, param)
     return room if max_tokens is None else max_tokens

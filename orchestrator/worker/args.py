@@ -88,6 +88,7 @@ MOCK_FLAGS: dict[str, type] = {
     "prefill_efficiency": float,
     "decode_efficiency": float,
     "step_overhead_ms": float,
+    "echo": bool,
 }
 
 

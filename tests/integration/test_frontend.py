@@ -206,3 +206,40 @@ def test_health_lists_instances_and_models_follow_discovery(tmp_path):
             assert [m["id"] for m in get_json(url, "/v1/models")["data"]] == ["tiny"]
         wait_instances(url, "tiny", 0)
         assert get_json(url, "/health")["instances"] == []
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Zürich"}}</tool_call>'
+
+
+@pytest.fixture
+def echo(tmp_path):
+    """A worker whose model repeats its prompt: the answer's structure is the test's choice."""
+    with worker(tmp_path, "w", "--mock-echo", "--dyn-tool-call-parser", "hermes",
+                "--dyn-reasoning-parser", "think") as _, frontend(tmp_path) as (_, url):
+        yield client(url)
+
+
+def test_tool_calls_are_parsed_out_unary_and_streamed(echo):
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "Checking. " + CALL}], tools=[WEATHER_TOOL])
+    unary = echo.chat.completions.create(**kw).choices[0]
+    assert unary.finish_reason == "tool_calls"
+    (call,) = unary.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Zürich"}
+    assert "<tool_call>" not in (unary.message.content or "").split("Checking.")[-1]
+    deltas = [ch.choices[0].delta for ch in echo.chat.completions.create(stream=True, **kw) if ch.choices]
+    streamed = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert streamed[0].function.name == "get_weather" and streamed[0].id
+    assert json.loads("".join(tc.function.arguments or "" for tc in streamed)) == {"city": "Zürich"}
+
+
+def test_reasoning_is_separated_from_content(echo):
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "<think>ponder 😀 deeply</think>The answer is 42."}])
+    message = echo.chat.completions.create(**kw).choices[0].message
+    assert message.reasoning_content == "ponder 😀 deeply" and "The answer is 42." in message.content
+    deltas = [ch.choices[0].delta for ch in echo.chat.completions.create(stream=True, **kw) if ch.choices]
+    reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+    content = "".join(d.content or "" for d in deltas)
+    assert reasoning == "ponder 😀 deeply" and content == message.content and "<think>" not in content

@@ -69,3 +69,4 @@ class MockEngineConfig:
     enable_metrics: bool = False
     is_embedding: bool = False
     bootstrap_timeout_s: float = 300.0  # SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT / WAITING_TIMEOUT
+    echo: bool = False  # the "model" repeats its prompt and ends (--mock-echo)

@@ -54,7 +54,7 @@ class MockEngine(Engine):
         self._on_kv_events = on_kv_events
         self._transfer = transfer
         self._roofline = Roofline.of(config)
-        self._model = TokenModel(config.model.vocab_size, config.model.eos_token_ids)
+        self._model = TokenModel(config.model.vocab_size, config.model.eos_token_ids, config.echo)
         self._mode = config.disaggregation_mode
         self._pool: Optional[PoolSize] = None
         self._ranks: list[Scheduler] = []

@@ -42,10 +42,11 @@ def _hash(sequence: Sequence[int], seed: Optional[int]) -> int:
 class TokenModel:
     """The deterministic "model" of one engine: vocabulary size and EOS ids."""
 
-    def __init__(self, vocab_size: int, eos_token_ids: Sequence[int]):
+    def __init__(self, vocab_size: int, eos_token_ids: Sequence[int], echo: bool = False):
         self.vocab_size = vocab_size
         self.eos_token_ids = tuple(eos_token_ids)
         self._eos = frozenset(eos_token_ids)
+        self.echo = echo  # repeat the prompt, then end: output with a structure tests can choose
 
     def next_token(self, sequence: Sequence[int], generated: int, sampling: SamplingOptions, stop: StopConditions) -> int:
         """The token after `sequence`, of which the last `generated` were produced by the model.
@@ -54,6 +55,11 @@ class TokenModel:
         `ignore_eos`, at least `min_tokens` generated); below `min_tokens` user stop
         ids are banned too, as SGLang's min-new-tokens penalizer masks them.
         """
+        if self.echo:
+            prompt_len = len(sequence) - generated
+            if generated < prompt_len:
+                return sequence[generated]
+            return self.eos_token_ids[0] if self.eos_token_ids else sequence[-1]
         h = _hash(sequence, sampling.seed)
         allow_stop = generated >= stop.min_tokens
         if self.eos_token_ids and allow_stop and not stop.ignore_eos and h % _EOS_ODDS == 0:

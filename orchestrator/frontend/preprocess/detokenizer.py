@@ -99,7 +99,7 @@ class IncrementalDecoder:
         settled, boundary = 0, len(self._ids)
         while boundary > self._read and settled < _SETTLE:
             boundary -= 1
-            settled += 1
+            settled += self._ids[boundary] not in self._silent
         for candidate in range(boundary, max(self._read, boundary - _SPLIT_TRIES), -1):
             head = self._decode(self._ids[:candidate])
             if head + self._decode(self._ids[candidate:]) == text:

@@ -87,3 +87,14 @@ def test_embeddings_are_deterministic_unit_vectors():
     assert len(vector) == 64 and math.isclose(sum(x * x for x in vector), 1.0)
     assert vector == embedding([1, 2, 3], 64)
     assert vector != embedding([1, 2, 4], 64)
+
+
+def test_echo_repeats_the_prompt_then_ends():
+    echo = TokenModel(vocab_size=32000, eos_token_ids=(2,), echo=True)
+    prompt, out = [7, 8, 9], []
+    while True:
+        token = echo.next_token(prompt + out, len(out), SamplingOptions(), StopConditions(max_tokens=10))
+        out.append(token)
+        if echo.finish(token, len(out), StopConditions(max_tokens=10), 10):
+            break
+    assert out == [7, 8, 9, 2]

@@ -30,9 +30,21 @@ def tiny() -> ModelTokenizer:
 
 
 @pytest.fixture(scope="module")
-def lone_lead_byte(tiny) -> int:
-    """A token that is just byte 0xE4 (spelled "ä" in byte-level BPE), the lead byte of most CJK characters."""
-    token = Tokenizer.from_file(str(TINY / "tokenizer.json")).token_to_id("ä")
+def byte_tokens():
+    """The single-byte tokens spelling `text`'s UTF-8 bytes, one token per byte."""
+    vocab = Tokenizer.from_file(str(TINY / "tokenizer.json"))
+
+    def spell(text: str) -> list[int]:
+        ((spelled, _),) = ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
+        return [vocab.token_to_id(char) for char in spelled]
+
+    return spell
+
+
+@pytest.fixture(scope="module")
+def lone_lead_byte(tiny, byte_tokens) -> int:
+    """Byte 0xE4 alone: the lead byte of most CJK characters, invalid without what follows."""
+    (token,) = byte_tokens("你")[:1]
     assert tiny.decode([token]) == FFFD
     return token
 
@@ -97,15 +109,15 @@ def test_a_skipped_special_token_inside_a_character_does_not_break_it(tiny, lone
     assert "".join(stream(tiny.decoder(), ids)) == FFFD * 12 + "🙂" == tiny.decode(ids)
 
 
-def test_splitting_a_long_window_never_cuts_a_character(tiny, lone_lead_byte):
-    def one_token_per_byte(text: str) -> list[int]:
-        (spelled, _), = ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
-        return [tiny.encode(char)[0] for char in spelled]
-
-    assert tiny.decode(one_token_per_byte("🙂")) == "🙂" and len(one_token_per_byte("🙂")) == 4
-    ids = [lone_lead_byte] * 8 + one_token_per_byte("🙂") + [lone_lead_byte] + one_token_per_byte("你好") + [lone_lead_byte]
-    for chunk in (1, len(ids)):
-        assert "".join(stream(tiny.decoder(), ids, chunk)) == FFFD * 8 + "🙂" + FFFD + "你好" + FFFD
+def test_splitting_a_long_window_never_cuts_a_character(tiny, byte_tokens, lone_lead_byte):
+    assert len(byte_tokens("🙂")) == 4 and tiny.decode(byte_tokens("🙂")) == "🙂"
+    # One chunk ends just past the emoji's bytes, so the natural split point falls inside
+    # them; the invalid bytes after it force a second split from there.
+    first = [lone_lead_byte] * 8 + byte_tokens("🙂") + [lone_lead_byte]
+    later = [lone_lead_byte] * 11 + byte_tokens("你好")
+    decoder = tiny.decoder()
+    pieces = [decoder.step(first), *(decoder.step([i]) for i in later), decoder.flush()]
+    assert "".join(pieces) == FFFD * 8 + "🙂" + FFFD * 12 + "你好" == tiny.decode(first + later)
 
 
 def test_flush_releases_bytes_that_never_completed(tiny):
