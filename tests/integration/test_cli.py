@@ -154,7 +154,7 @@ def test_multirun_sweeps_jobs(tmp_path):
 def test_shell_completion_offers_options(tmp_path):
     env = {**os.environ, "COMP_LINE": "dynamo-launch router="}
     result = subprocess.run([DYNAMO_LAUNCH, "-sc", "query=bash"], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert set(result.stdout.split()) == {"router=kv", "router=random", "router=round_robin"}
+    assert set(result.stdout.split()) == {"router=kv", "router=least_loaded", "router=random", "router=round_robin"}
 
 
 @pytest.mark.slow

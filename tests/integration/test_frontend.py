@@ -76,9 +76,11 @@ def test_chat_streamed_and_unary_agree_with_usage(deployment):
 def test_completions_accept_strings_lists_and_token_ids(deployment):
     url, _ = deployment
     c = client(url)
-    text = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0)
-    batch = c.completions.create(model="tiny", prompt=["Once upon a time", "The end"], max_tokens=6, n=2, temperature=0.8)
-    ids = c.completions.create(model="tiny", prompt=[10, 20, 30, 40], max_tokens=6, logprobs=2)
+    exact = {"extra_body": {"ignore_eos": True}}  # exactly max_tokens each
+    text = c.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0, **exact)
+    batch = c.completions.create(model="tiny", prompt=["Once upon a time", "The end"], max_tokens=6, n=2,
+                                 temperature=0.8, **exact)
+    ids = c.completions.create(model="tiny", prompt=[10, 20, 30, 40], max_tokens=6, logprobs=2, **exact)
     assert text.choices[0].finish_reason == "length" and text.usage.completion_tokens == 6
     assert sorted(ch.index for ch in batch.choices) == [0, 1, 2, 3] and batch.usage.completion_tokens == 24
     assert batch.choices[0].text != batch.choices[1].text, "n > 1 with sampling gives different choices"
@@ -100,12 +102,13 @@ def test_repeated_conversations_report_cached_tokens(deployment):
 def test_a_stop_string_spanning_chunks_is_cut_and_never_leaked(deployment):
     url, _ = deployment
     c = client(url)
-    pieces, _ = stream_chat(c, model="tiny", messages=HELLO, max_tokens=30, temperature=0)
+    kw = dict(model="tiny", messages=HELLO, max_tokens=30, temperature=0, extra_body={"ignore_eos": True})
+    pieces, _ = stream_chat(c, **kw)
     whole = "".join(pieces)
     stop = pieces[4][-2:] + pieces[5][:2]  # straddles two streamed pieces
     expected = whole[: whole.index(stop)]
-    unary = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=30, temperature=0, stop=[stop])
-    streamed, chunks = stream_chat(c, model="tiny", messages=HELLO, max_tokens=30, temperature=0, stop=[stop])
+    unary = c.chat.completions.create(stop=[stop], **kw)
+    streamed, chunks = stream_chat(c, stop=[stop], **kw)
     assert unary.choices[0].message.content == expected and unary.choices[0].finish_reason == "stop"
     assert "".join(streamed) == expected and chunks[-1].choices[0].finish_reason == "stop"
 

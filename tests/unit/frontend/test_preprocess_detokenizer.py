@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, normalizers
+from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import ByteLevel
 
 import orchestrator.models
@@ -54,6 +55,7 @@ class CountingTokenizer:
 
     def __init__(self) -> None:
         self._tokenizer = Tokenizer.from_file(str(TINY / "tokenizer.json"))
+        self.decoder = self._tokenizer.decoder
         self.decoded = 0
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -154,3 +156,37 @@ def test_work_per_token_is_bounded_even_for_invalid_byte_runs(tiny, lone_lead_by
             decoder = IncrementalDecoder(counting, True, tiny.special_token_ids)
             assert "".join(stream(decoder, ids, chunk)) == tiny.decode(ids), (name, chunk)
             assert counting.decoded < 40 * len(ids), f"{name}: {counting.decoded / len(ids):.0f} ids decoded per token"
+
+
+def sentencepiece_like() -> Tokenizer:
+    """A Llama-2-style tokenizer: "▁" for spaces, byte fallback, the first space stripped."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ("▁", "a", "b", "o", "k", "ok", "▁a", "▁b"):
+        vocab[piece] = len(vocab)
+    merges = [("▁", "a"), ("▁", "b"), ("o", "k")]
+    tokenizer = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer.add_special_tokens(["<s>", "</s>"])
+    return tokenizer
+
+
+def test_sentencepiece_byte_fallback_streams_exactly():
+    tokenizer = sentencepiece_like()
+    a, b = tokenizer.token_to_id("a"), tokenizer.token_to_id("▁b")
+    cases = [
+        (tokenizer.encode("a ok é 🙂 b €").ids, [1] * 20),
+        ([a, 1, b], [1, 1, 1]),  # a skipped token must not cost "b" its space
+        # All byte tokens, one run: byte fallback decodes a run all or nothing, so a
+        # long window of them must not be split.
+        (tokenizer.encode("€🙂€").ids[1:], [1, 5, 3, 1]),
+    ]
+    for ids, chunks in cases:
+        assert sum(chunks) >= len(ids)
+        decoder, pieces, at = IncrementalDecoder(tokenizer, True, {1, 2}), [], 0
+        for size in chunks:
+            pieces.append(decoder.step(ids[at : at + size]))
+            at += size
+        assert "".join(pieces) + decoder.flush() == tokenizer.decode(ids), ids
