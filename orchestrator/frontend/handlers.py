@@ -108,15 +108,6 @@ def budget(model: Model, prompt_tokens: int, max_tokens: int | None, param: str)
     return room if max_tokens is None else max_tokens
 
 
-def usage_of(deltas: list[Delta]) -> dict:
-    finals = [d.usage for d in deltas if d.usage is not None]
-    return responses.usage(
-        prompt_tokens=sum(u.prompt_tokens for u in finals[:: max(1, len(finals))]) if finals else 0,
-        completion_tokens=sum(u.completion_tokens for u in finals),
-        cached_tokens=max((u.cached_tokens for u in finals), default=0),
-    )
-
-
 def chat_jobs(model: Model, req: ChatRequest) -> tuple[list, list[int]]:
     tokenizer = model.tokenizer
     text = tokenizer.apply_chat_template(

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.frontend.args import FrontendArgs
 from orchestrator.frontend.dispatch import Dispatcher
+from orchestrator.frontend.load import LoadListener
 from orchestrator.frontend.models import ModelRegistry
 from orchestrator.frontend.server import FrontendServer
 from orchestrator.metrics import FrontendMetrics
@@ -37,21 +38,30 @@ async def run_frontend(args: FrontendArgs) -> int:
     )
     async with discovery, ModelRegistry() as models:
         server = FrontendServer(args.http_host, args.http_port, models, dispatcher, registry, metrics)
-        async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(_follow(discovery, args.namespace, models))
-            await server.start()
-            await shutdown.requested.wait()
-            server.shutting_down = True
-            log.info("stopping: %d requests in flight", _inflight(models))
-            watcher.cancel()
+        load = LoadListener(models)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(_follow(discovery, args.namespace, models, load)),
+                    tasks.create_task(load.run()),
+                ]
+                await server.start()
+                await shutdown.requested.wait()
+                server.shutting_down = True
+                log.info("stopping: %d requests in flight", _inflight(models))
+                for task in background:
+                    task.cancel()
+        finally:
+            load.close()
         await server.close()
     return 0
 
 
-async def _follow(discovery, namespace: str, models: ModelRegistry) -> None:
+async def _follow(discovery, namespace: str, models: ModelRegistry, load: LoadListener) -> None:
     async with contextlib.aclosing(discovery.watch(namespace)) as snapshots:
         async for snapshot in snapshots:
             await models.apply(snapshot)
+            load.follow()
 
 
 def _inflight(models: ModelRegistry) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import defaultdict
 
 from aiohttp import web
@@ -220,7 +221,7 @@ class FrontendServer:
         instance = h.embedding_worker(model)
         instance.inflight += 1
         try:
-            async for reply in instance.client.stream(m.EmbedRequest(request_id=uuid_hex(), inputs=inputs)):
+            async for reply in instance.client.stream(m.EmbedRequest(request_id=uuid.uuid4().hex, inputs=inputs)):
                 if isinstance(reply, m.ErrorReply):
                     raise GenerationError(400 if reply.kind == m.ErrorKind.INVALID else 503, reply.message)
                 return web.json_response(
@@ -239,7 +240,8 @@ class FrontendServer:
         instances = [
             {"instance_id": f"{i.record.instance_id:x}", "model": name, "worker_type": i.record.worker_type.value,
              "endpoint": f"dyn://{i.record.namespace}.{i.record.component}.{i.record.endpoint}",
-             "address": i.record.request_address}
+             "address": i.record.request_address,
+             "inflight": i.inflight, "active_decode_blocks": i.active_decode_blocks}
             for name, model in sorted(self.models.models.items()) for i in model.instances.values()
         ]
         endpoints = sorted({entry["endpoint"] for entry in instances})
@@ -260,9 +262,3 @@ async def _body(request: web.Request):
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise errors.invalid_request(f"the body is not valid JSON: {e}") from None
-
-
-def uuid_hex() -> str:
-    import uuid
-
-    return uuid.uuid4().hex

@@ -59,14 +59,13 @@ class LeastLoadedRouter(Router):
         return self._random.choice([c for c in candidates if (c.inflight, c.active_decode_blocks) == best])
 
 
-def make_router(mode: RouterMode | str) -> Router:
-    mode = RouterMode(mode) if isinstance(mode, str) and mode in RouterMode._value2member_map_ else mode
+def make_router(mode: RouterMode) -> Router:
     routers = {
         RouterMode.round_robin: RoundRobinRouter,
         RouterMode.random: RandomRouter,
         RouterMode.least_loaded: LeastLoadedRouter,
     }
     if mode not in routers:
-        raise ValueError(f"router mode {getattr(mode, 'value', mode)!r} is not available; use one of "
+        raise ValueError(f"router mode {mode.value!r} is not available; use one of "
                          f"{', '.join(m.value for m in routers)}")
     return routers[mode]()

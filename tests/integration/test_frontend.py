@@ -246,3 +246,21 @@ def test_reasoning_is_separated_from_content(echo):
     reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
     content = "".join(d.content or "" for d in deltas)
     assert reasoning == "ponder 😀 deeply" and content == message.content and "<think>" not in content
+
+
+def test_least_loaded_routes_around_a_busy_worker_and_sees_its_reported_load(tmp_path):
+    slow = ("--mock-num-params", "8000000000")
+    with worker(tmp_path, "a", *slow, speedup=1.0) as (_, a_url), worker(tmp_path, "b", *slow, speedup=1.0) as (_, b_url), \
+         frontend(tmp_path, "--router-mode", "least-loaded", instances=2) as (_, url):
+        c = client(url)
+        long = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=400, stream=True,
+                                         extra_body={"ignore_eos": True})
+        next(iter(long))
+        time.sleep(0.5)  # a load report or two
+        busy = [i for i in get_json(url, "/health")["instances"] if i["inflight"]]
+        assert len(busy) == 1 and busy[0]["active_decode_blocks"] > 0
+        for _ in range(3):
+            c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2)
+        served = [metric_value(u, "dynamo_component_requests_total") for u in (a_url, b_url)]
+        long.close()
+    assert sorted(served)[1] - sorted(served)[0] >= 2, "the short requests went to the idle worker"

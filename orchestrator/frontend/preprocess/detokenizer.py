@@ -14,12 +14,14 @@ character is held; the text before it is final and goes out at once. Once the wi
 decodes cleanly it slides forward, which keeps each step O(window), not O(output).
 
 A model stuck emitting invalid bytes never decodes cleanly, and the window would grow
-without end. For byte-level BPE (a `ByteLevel` decoder) the window is then split at a
-token boundary that no character straddles, checked by decoding both sides, with
-enough bytes after it that no sequence begun before it can still change: that is
-permanent because UTF-8 decoding resynchronises at every character. Other decoders
-keep the plain algorithm: SentencePiece's byte fallback decodes a whole run of byte
-tokens at once, all or nothing, so no split of a run is permanent.
+without end. For byte-level BPE (a `ByteLevel` decoder) a window holding more than
+`_MAX_HELD` tokens is split three tokens before its end, emitting up to there. That is
+exact: three bytes settle any UTF-8 sequence begun before the split, so the held
+character can only start after it; and the lossy UTF-8 decoding `tokenizers` uses turns
+a sequence cut short, or broken, into exactly one U+FFFD, so text positions agree on
+both sides of the split even when it cuts through a character. Other decoders keep the
+plain algorithm: SentencePiece's byte fallback decodes a whole run of byte tokens at
+once, all or nothing, so no split inside a run is safe.
 """
 
 from __future__ import annotations
@@ -33,11 +35,8 @@ _REPLACEMENT = "\ufffd"
 # Real text holds at most a few tokens (a character is at most 4 bytes); beyond this
 # the held tokens are degenerate and a byte-level window is split.
 _MAX_HELD = 8
-# Tokens left after a split point, each at least one byte: 3 bytes settle any UTF-8
-# sequence begun before it.
+# Tokens kept after a split, each at least one byte: 3 bytes settle any UTF-8 sequence.
 _SETTLE = 3
-# Split points tried per step: one of 4 consecutive byte boundaries starts a character.
-_SPLIT_TRIES = 4
 
 
 class _Tokenizer(Protocol):
@@ -63,25 +62,22 @@ class IncrementalDecoder:
         self._skipped = frozenset(special_token_ids) if skip_special_tokens else frozenset()
         self._splittable = isinstance(tokenizer.decoder, decoders.ByteLevel)
         self._ids: list[int] = []  # the window
-        self._read = 0  # ids[:read] is the prefix
-        self._prefix_len = 0  # len(decode(ids[:read])), all of it emitted
+        self._read = 0  # ids[:read] is the prefix, whose text is all emitted
         self._emitted = 0  # characters of decode(ids) already emitted
 
     def step(self, token_ids: list[int]) -> str:
         """The new text these tokens add (empty while a character is incomplete)."""
-        token_ids = [token for token in token_ids if token not in self._skipped]
+        pass
         if not token_ids:
             return ""
         self._ids.extend(token_ids)
         text = self._decode(self._ids)
         if not text.endswith(_REPLACEMENT):
-            # Slide only once the window shows new text: a prefix that decodes to
-            # nothing would leave a decoder without context (SentencePiece would then
-            # drop the space of the next word).
-            return self._advance(len(self._ids), text) if len(text) > self._prefix_len else ""
+            return self._advance(len(self._ids), text)
         piece = self._take(text, len(text.rstrip(_REPLACEMENT)))
         if self._splittable and len(self._ids) - self._read > _MAX_HELD:
-            piece += self._split(text)
+            split = len(self._ids) - _SETTLE
+            piece += self._advance(split, self._decode(self._ids[:split]))
         return piece
 
     def flush(self) -> str:
@@ -106,14 +102,5 @@ class IncrementalDecoder:
         beyond = self._emitted - len(head)  # emitted from tokens after the boundary
         start, self._read = self._read, boundary - self._read
         del self._ids[:start]
-        self._prefix_len = len(self._decode(self._ids[: self._read]))
-        self._emitted = self._prefix_len + beyond
+        self._emitted = len(self._decode(self._ids[: self._read])) + beyond
         return piece
-
-    def _split(self, text: str) -> str:
-        boundary = len(self._ids) - _SETTLE
-        for candidate in range(boundary, max(self._read, boundary - _SPLIT_TRIES), -1):
-            head = self._decode(self._ids[:candidate])
-            if head + self._decode(self._ids[candidate:]) == text:
-                return self._advance(candidate, head)
-        return ""
