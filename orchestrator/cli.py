@@ -1,10 +1,12 @@
 """`dynamo-launch`: compose (Hydra) -> convert once -> validate and plan -> dry run or launch.
 
-Exit codes: 0 ok, 2 invalid config (nothing started), 3 a process failed to start.
+Exit codes: 0 ok, 2 invalid config (nothing started), 3 a process failed to start,
+4 a process kept failing and the restart policy said stop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from omegaconf import DictConfig
 
 from orchestrator.config import to_launch_config
 from orchestrator.config.store import register
-from orchestrator.errors import BootError, ExitCode, LaunchError
+from orchestrator.errors import ExitCode, LaunchError
 from orchestrator.plan import build_plan
 from orchestrator.plan.render import print_table
 from orchestrator.plan.validate import dry_run_mode
+from orchestrator.supervisor import Supervisor
 
 _HERE = Path(__file__).resolve().parent
 # A wheel carries the configs inside the package; a checkout keeps them at the top.
@@ -38,7 +41,7 @@ def _app(cfg: DictConfig) -> None:
         elif mode == "table":
             print_table(plan)
         else:
-            raise BootError("this build can plan deployments but not launch them", "print the plan with dry_run=true")
+            sys.exit(asyncio.run(Supervisor(plan, launch_cfg.supervisor).run()))
     except LaunchError as e:
         print(f"dynamo-launch: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     OK = 0
     CONFIG = 2  # the composed config or a recipe is invalid; nothing was started
     BOOT = 3  # a process failed to start; everything already started was stopped
+    FAILED = 4  # a process kept failing and supervisor.restart.on_failed is stop
 
 
 class LaunchError(Exception):

@@ -76,7 +76,8 @@ async def choice_stream(
             text, matched = jail.push(decoder.step(chunk.token_ids))
             done = matched is not None or chunk.finish_reason is not None
             if done and matched is None:
-                text += jail.push(decoder.flush())[0] + jail.flush()
+                tail, matched = jail.push(decoder.flush())
+                text += tail + ("" if matched else jail.flush())
             delta = shape(text, last=done)
             delta.token_ids, delta.logprobs, delta.top_logprobs = chunk.token_ids, chunk.logprobs, chunk.top_logprobs
             if done:

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator
 
+import jinja2
 from aiohttp import web
 
 from orchestrator.frontend.dispatch import Dispatcher, GenerationError
@@ -110,9 +111,12 @@ def budget(model: Model, prompt_tokens: int, max_tokens: int | None, param: str)
 
 def chat_jobs(model: Model, req: ChatRequest) -> tuple[list, list[int]]:
     tokenizer = model.tokenizer
-    text = tokenizer.apply_chat_template(
-        req.messages, tools=req.tools or None, add_generation_prompt=True, **req.chat_template_kwargs
-    )
+    try:
+        text = tokenizer.apply_chat_template(
+            req.messages, tools=req.tools or None, add_generation_prompt=True, **req.chat_template_kwargs
+        )
+    except jinja2.TemplateError as e:  # the template refused these messages (e.g. roles out of order)
+        raise errors.invalid_request(f"the chat template cannot render these messages: {e}", "messages") from None
     ids = tokenizer.encode(text)
     n_out = budget(model, len(ids), req.max_tokens, "messages")
     options = ChoiceOptions(

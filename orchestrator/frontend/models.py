@@ -36,14 +36,8 @@ class Instance:
 class Model:
     name: str
     card: ModelCard
+    tokenizer: ModelTokenizer
     instances: dict[int, Instance] = field(default_factory=dict)
-    _tokenizer: ModelTokenizer | None = None
-
-    @property
-    def tokenizer(self) -> ModelTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = ModelTokenizer.load(Path(self.card.tokenizer_path))
-        return self._tokenizer
 
     def serving(self, *types: WorkerType) -> list[Instance]:
         return [i for i in self.instances.values() if i.record.worker_type in types]
@@ -54,20 +48,29 @@ class Model:
 
 
 class ModelRegistry:
-    """Lifecycle: `async with ModelRegistry()`; `apply(snapshot)` per discovery snapshot."""
+    """Lifecycle: `async with ModelRegistry()`; `apply(snapshot)` per discovery snapshot.
+
+    An instance that leaves discovery gets no new request at once, but its client stays
+    open until the requests already there have finished: a draining worker completes
+    them, and only then is the connection closed."""
 
     def __init__(self) -> None:
         self.models: dict[str, Model] = {}
         self._stacks: dict[int, contextlib.AsyncExitStack] = {}
-        self.changed = asyncio.Event()
+        self._retiring = asyncio.TaskGroup()
+        self._retirements: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> ModelRegistry:
+        await self._retiring.__aenter__()
         return self
 
     async def __aexit__(self, *exc) -> None:
         for stack in self._stacks.values():
             await stack.aclose()
         self._stacks.clear()
+        for task in self._retirements:  # stopping: their clients close now (each `finally` runs)
+            task.cancel()
+        await self._retiring.__aexit__(None, None, None)
 
     def instance(self, instance_id: int) -> Instance | None:
         for model in self.models.values():
@@ -79,9 +82,12 @@ class ModelRegistry:
         for model in list(self.models.values()):
             for instance_id in list(model.instances):
                 if instance_id not in snapshot:
-                    del model.instances[instance_id]
-                    await self._stacks.pop(instance_id).aclose()
-                    log.info("instance %x of %s left", instance_id, model.name)
+                    instance = model.instances.pop(instance_id)
+                    task = self._retiring.create_task(self._retire(instance, self._stacks.pop(instance_id)))
+                    self._retirements.add(task)
+                    task.add_done_callback(self._retirements.discard)
+                    log.info("instance %x of %s left with %d requests in flight", instance_id, model.name,
+                             instance.client.inflight)
             if not model.instances:
                 del self.models[model.name]
                 log.info("model %s is gone", model.name)
@@ -90,7 +96,12 @@ class ModelRegistry:
                 continue
             model = self.models.get(record.model.served_name)
             if model is None:
-                model = self.models[record.model.served_name] = Model(record.model.served_name, record.model)
+                try:  # off the loop: a large tokenizer takes a second to load
+                    tokenizer = await asyncio.to_thread(ModelTokenizer.load, Path(record.model.tokenizer_path))
+                except (OSError, ValueError) as e:
+                    log.error("cannot serve %s: its tokenizer does not load: %s", record.model.served_name, e)
+                    continue
+                model = self.models[record.model.served_name] = Model(record.model.served_name, record.model, tokenizer)
                 log.info("model %s is served", model.name)
             stack = contextlib.AsyncExitStack()
             client = await stack.enter_async_context(RequestClient(record.request_address))
@@ -98,5 +109,10 @@ class ModelRegistry:
             model.instances[instance_id] = Instance(record, client)
             log.info("instance %x of %s joined (%s at %s)", instance_id, model.name, record.worker_type.value,
                      record.request_address)
-        self.changed.set()
-        self.changed.clear()
+
+    @staticmethod
+    async def _retire(instance: Instance, stack: contextlib.AsyncExitStack) -> None:
+        try:
+            await instance.client.idle()
+        finally:
+            await stack.aclose()

@@ -245,7 +245,10 @@ class FrontendServer:
             for name, model in sorted(self.models.models.items()) for i in model.instances.values()
         ]
         endpoints = sorted({entry["endpoint"] for entry in instances})
-        return web.json_response({"status": "healthy", "endpoints": endpoints, "instances": instances})
+        # Without an instance nothing can be served: readiness waits for the first worker.
+        status = "healthy" if instances else "unhealthy"
+        return web.json_response({"status": status, "endpoints": endpoints, "instances": instances},
+                                 status=200 if instances else 503)
 
     async def live(self, request: web.Request) -> web.Response:
         if self.shutting_down:

@@ -154,6 +154,7 @@ class RequestClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        self._fail_all(f"stopped talking to {self.address}")
         for task in self._readers:
             task.cancel()
         await self._tasks.__aexit__(None, None, None)
@@ -185,6 +186,19 @@ class RequestClient:
             if not finished:
                 await self.cancel(request.request_id)
 
+    @property
+    def inflight(self) -> int:
+        return len(self._streams)
+
+    async def idle(self, poll_s: float = 0.05) -> None:
+        """Returns once no request is in flight here (a departed worker finishing its drain)."""
+        while self._streams:
+            await asyncio.sleep(poll_s)
+
+    def _fail_all(self, message: str) -> None:
+        for request_id, queue in list(self._streams.items()):
+            queue.put_nowait(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
+
     async def cancel(self, request_id: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
             await self._socket.send(m.encode(m.Cancel(request_id)))
@@ -204,5 +218,4 @@ class RequestClient:
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._connected.clear()
                 log.info("request plane: lost %s with %d requests in flight", self.address, len(self._streams))
-                for request_id, queue in list(self._streams.items()):
-                    queue.put_nowait(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, f"lost {self.address}"))
+                self._fail_all(f"lost {self.address}")

@@ -31,8 +31,8 @@ def wait_instances(url: str, model: str, count: int, timeout: float = 20) -> Non
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status, body = http_get(f"{url}/health")
-        if status == 200 and sum(i["model"] == model for i in json.loads(body)["instances"]) == count:
+        _, body = http_get(f"{url}/health")
+        if sum(i["model"] == model for i in json.loads(body)["instances"]) == count:
             return
         time.sleep(0.05)
     raise AssertionError(f"{model} never had {count} instances: {http_get(f'{url}/health')}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from jinja2 import nodes
 from jinja2.exceptions import TemplateError
@@ -49,21 +49,31 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         **variables: Any,
     ) -> str:
-        """The prompt text; a template's own `raise_exception` surfaces as `TemplateError`."""
+        """The prompt text; any failure to render this conversation is a `TemplateError`."""
         context = {"documents": None, **variables}
         context.update(
             messages=[_with_text_content(message) for message in messages],
             tools=tools,
             add_generation_prompt=add_generation_prompt,
         )
-        return self._select(tools).render(context)
+        template = self._select(tools)
+        try:
+            return template.render(context)
+        except TemplateError:
+            raise
+        except Exception as error:
+            # Template code is the model's, the data the client's: a TypeError (say,
+            # `'<|user|>' + content` with content null) is this request's fault too.
+            raise TemplateError(f"the chat template cannot render this conversation: {error}") from error
 
     def _select(self, tools: list[dict] | None):
         if tools is not None and "tool_use" in self._templates:
             return self._templates["tool_use"]
         if "default" in self._templates:
             return self._templates["default"]
-        raise TemplateError(f"no 'default' chat template among {sorted(self._templates)} and no tools to pick 'tool_use'")
+        raise TemplateError(
+            f"no 'default' chat template among {sorted(self._templates)} and no tools to pick 'tool_use'"
+        )
 
 
 def _with_text_content(message: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -85,7 +95,7 @@ class _GenerationTag(Extension):
     even compile without it.
     """
 
-    tags = {"generation"}
+    tags: ClassVar[set[str]] = {"generation"}
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno
@@ -104,7 +114,9 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False
+) -> str:
     # Jinja's own tojson escapes HTML characters (<, >, &, ') for embedding in web pages,
     # which would change the prompt; templates are written against transformers' plain json.dumps.
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

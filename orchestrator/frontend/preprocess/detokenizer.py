@@ -1,27 +1,33 @@
 """Incremental detokenization: the text each new chunk of token ids adds to a stream.
 
-The prefix/read-offset algorithm of vLLM, TGI and SGLang (Dynamo's frontend uses the
-same one, from `tokenizers`' DecodeStream). The decoder keeps a short window of
-recent tokens: a prefix, whose text was already emitted, then the tokens not yet
-accounted for. Each step decodes only the window and emits what it adds beyond what
-was emitted. Decoding a window rather than single tokens is what makes this exact: a
-character whose bytes span several byte-level BPE tokens appears only once all of them
-are in, and a decoder that treats the first token specially (SentencePiece drops its
-leading space) sees the same first token in the prefix and in the window.
+The prefix/read-offset algorithm of vLLM, TGI and SGLang (also behind `tokenizers`'
+DecodeStream). The decoder keeps a short window of recent tokens: a prefix, whose text
+was already emitted, then the tokens not yet accounted for. Each step decodes only the
+window and emits what it adds. Decoding a window rather than single tokens is what
+makes this exact: a character whose bytes span several byte-level BPE tokens appears
+only once all of them are in, and a decoder that treats the first token specially
+(SentencePiece drops its leading space) sees the same first token in the prefix and in
+the window. Once the window decodes cleanly it slides forward, so each step costs
+O(window), not O(output). Skipped special tokens change no decode, not even of the
+bytes around them, so they never enter the window.
 
-Text ending in U+FFFD may end in a character still arriving, so that replacement
-character is held; the text before it is final and goes out at once. Once the window
-decodes cleanly it slides forward, which keeps each step O(window), not O(output).
+Two additions to the usual algorithm:
+- When the window ends in U+FFFD (a character may still be arriving) only that last
+  run of replacement characters is held; the text before it is final and goes out at
+  once, where the usual algorithm holds the whole step.
+- A model stuck emitting invalid bytes never decodes cleanly, and the window would
+  grow without end. For byte-level BPE (a `ByteLevel` decoder) a window holding more
+  than `_MAX_HELD` tokens is split three tokens before its end, emitting up to there.
+  That is exact: three bytes settle any UTF-8 sequence begun before the split, so a
+  character still arriving starts after it; and the lossy UTF-8 decoding of
+  `tokenizers` turns a sequence cut short, or broken, into exactly one U+FFFD, so text
+  positions agree on both sides of a split even one that cuts through a character.
+  Other decoders are not split: SentencePiece's byte fallback decodes a whole run of
+  byte tokens at once, all or nothing.
 
-A model stuck emitting invalid bytes never decodes cleanly, and the window would grow
-without end. For byte-level BPE (a `ByteLevel` decoder) a window holding more than
-`_MAX_HELD` tokens is split three tokens before its end, emitting up to there. That is
-exact: three bytes settle any UTF-8 sequence begun before the split, so the held
-character can only start after it; and the lossy UTF-8 decoding `tokenizers` uses turns
-a sequence cut short, or broken, into exactly one U+FFFD, so text positions agree on
-both sides of the split even when it cuts through a character. Other decoders keep the
-plain algorithm: SentencePiece's byte fallback decodes a whole run of byte tokens at
-once, all or nothing, so no split inside a run is safe.
+That byte fallback rule is also the one case no stream can match exactly: an invalid
+byte makes its whole run U+FFFD in a one-shot decode, including characters of the run
+that were complete, and already streamed, before it arrived.
 """
 
 from __future__ import annotations
@@ -49,16 +55,16 @@ class IncrementalDecoder:
     """The detokenizer of one output stream.
 
     Lifecycle: `step` with each chunk of new token ids, then `flush` once at the end.
-    Everything returned, concatenated, equals `tokenizer.decode(all ids)`. A piece
-    holds U+FFFD only where the ids truly decode to one (bytes that are not UTF-8),
-    never for a character that is still arriving.
+    Everything returned, concatenated, equals `tokenizer.decode(all ids)` (see above
+    for byte fallback's exception). A piece holds U+FFFD only where the ids truly
+    decode to one (bytes that are not UTF-8), never for a character still arriving.
     """
 
-    def __init__(self, tokenizer: _Tokenizer, skip_special_tokens: bool = True, special_token_ids: Collection[int] = ()):
+    def __init__(
+        self, tokenizer: _Tokenizer, skip_special_tokens: bool = True, special_token_ids: Collection[int] = ()
+    ):
         self._tokenizer = tokenizer
         self._skip = skip_special_tokens
-        # Skipped special tokens change no decode, not even of the bytes around them,
-        # so they stay out of the window.
         self._skipped = frozenset(special_token_ids) if skip_special_tokens else frozenset()
         self._splittable = isinstance(tokenizer.decoder, decoders.ByteLevel)
         self._ids: list[int] = []  # the window
@@ -67,7 +73,7 @@ class IncrementalDecoder:
 
     def step(self, token_ids: list[int]) -> str:
         """The new text these tokens add (empty while a character is incomplete)."""
-        pass
+        token_ids = [token for token in token_ids if token not in self._skipped]
         if not token_ids:
             return ""
         self._ids.extend(token_ids)

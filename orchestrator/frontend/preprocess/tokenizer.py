@@ -69,7 +69,9 @@ class ModelTokenizer:
         self.bos_token_id: int | None = self._bos if self._bos is not None else config_bos
         config_eos = model_config.get("eos_token_id")
         config_eos = [config_eos] if isinstance(config_eos, int) else list(config_eos or ())
-        self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(config_eos + ([self._eos] if self._eos is not None else [])))
+        self.eos_token_ids: tuple[int, ...] = tuple(
+            dict.fromkeys(config_eos + ([self._eos] if self._eos is not None else []))
+        )
 
         # transformers rebuilds the post-processor from add_bos_token/add_eos_token when
         # either key is present; otherwise tokenizer.json's post-processor decides.
@@ -117,9 +119,13 @@ class ModelTokenizer:
         Raises `TemplateError` when the model has no chat template or its template rejects the conversation.
         """
         if self._chat_template is None:
-            raise TemplateError("this model has no chat template (none in tokenizer_config.json or chat_template.jinja)")
+            raise TemplateError(
+                "this model has no chat template (none in tokenizer_config.json or chat_template.jinja)"
+            )
         variables = {**self._template_tokens, **template_kwargs}
-        return self._chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt, **variables)
+        return self._chat_template.render(
+            messages, tools=tools, add_generation_prompt=add_generation_prompt, **variables
+        )
 
     def decoder(self, skip_special_tokens: bool = True) -> IncrementalDecoder:
         """A fresh incremental decoder for one output stream."""

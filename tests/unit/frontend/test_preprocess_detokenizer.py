@@ -31,13 +31,17 @@ def tiny() -> ModelTokenizer:
 
 
 @pytest.fixture(scope="module")
-def byte_tokens():
+def raw() -> Tokenizer:
+    return Tokenizer.from_file(str(TINY / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def byte_tokens(raw):
     """The single-byte tokens spelling `text`'s UTF-8 bytes, one token per byte."""
-    vocab = Tokenizer.from_file(str(TINY / "tokenizer.json"))
 
     def spell(text: str) -> list[int]:
         ((spelled, _),) = ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
-        return [vocab.token_to_id(char) for char in spelled]
+        return [raw.token_to_id(char) for char in spelled]
 
     return spell
 
@@ -53,9 +57,9 @@ def lone_lead_byte(tiny, byte_tokens) -> int:
 class CountingTokenizer:
     """The real tokenizer, counting how many token ids the decoder makes it decode."""
 
-    def __init__(self) -> None:
-        self._tokenizer = Tokenizer.from_file(str(TINY / "tokenizer.json"))
-        self.decoder = self._tokenizer.decoder
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.decoder = tokenizer.decoder
         self.decoded = 0
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -113,13 +117,12 @@ def test_a_skipped_special_token_inside_a_character_does_not_break_it(tiny, lone
 
 def test_splitting_a_long_window_never_cuts_a_character(tiny, byte_tokens, lone_lead_byte):
     assert len(byte_tokens("🙂")) == 4 and tiny.decode(byte_tokens("🙂")) == "🙂"
-    # One chunk ends just past the emoji's bytes, so the natural split point falls inside
-    # them; the invalid bytes after it force a second split from there.
-    first = [lone_lead_byte] * 8 + byte_tokens("🙂") + [lone_lead_byte]
-    later = [lone_lead_byte] * 11 + byte_tokens("你好")
-    decoder = tiny.decoder()
-    pieces = [decoder.step(first), *(decoder.step([i]) for i in later), decoder.flush()]
-    assert "".join(pieces) == FFFD * 8 + "🙂" + FFFD * 12 + "你好" == tiny.decode(first + later)
+    text = "🙂你好é"
+    for invalid in range(8, 20):  # every alignment of the window splits against the characters
+        ids = [lone_lead_byte] * invalid + byte_tokens(text) + [lone_lead_byte]
+        for chunk in (1, 2, 5):
+            pieces = stream(tiny.decoder(), ids, chunk)
+            assert "".join(pieces) == FFFD * invalid + text + FFFD, (invalid, chunk)
 
 
 def test_flush_releases_bytes_that_never_completed(tiny):
@@ -143,7 +146,7 @@ def test_long_random_generation_totals_decode_exactly(tiny, skip):
     assert "".join(pieces) + chunked.flush() == tiny.decode(ids, skip)
 
 
-def test_work_per_token_is_bounded_even_for_invalid_byte_runs(tiny, lone_lead_byte):
+def test_work_per_token_is_bounded_even_for_invalid_byte_runs(tiny, raw, lone_lead_byte):
     rng = random.Random(7)
     runs = {
         "random ids": [rng.randrange(tiny.vocab_size) for _ in range(3000)],
@@ -152,7 +155,7 @@ def test_work_per_token_is_bounded_even_for_invalid_byte_runs(tiny, lone_lead_by
     }
     for name, ids in runs.items():
         for chunk in (1, 5, 13):  # chunks end mid-character, so split points can straddle one
-            counting = CountingTokenizer()
+            counting = CountingTokenizer(raw)
             decoder = IncrementalDecoder(counting, True, tiny.special_token_ids)
             assert "".join(stream(decoder, ids, chunk)) == tiny.decode(ids), (name, chunk)
             assert counting.decoded < 40 * len(ids), f"{name}: {counting.decoded / len(ids):.0f} ids decoded per token"

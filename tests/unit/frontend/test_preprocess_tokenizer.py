@@ -105,14 +105,20 @@ def test_assistant_tool_calls_and_null_content_render(tiny):
 
 def test_content_as_text_parts_is_joined_and_the_request_left_untouched(tiny):
     parts = [{"type": "text", "text": "part 1"}, {"type": "text", "text": "part 2"}]
-    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, {"role": "user", "content": parts}]
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": parts},
+    ]
     assert tiny.apply_chat_template(messages) == f"{BOS}Be brief.{USER}part 1\npart 2{ASSISTANT}"
     assert messages[1]["content"] is parts
 
 
-def test_template_errors_surface_as_template_error(tiny):
+def test_template_errors_surface_as_template_error(tiny, tmp_path):
     with pytest.raises(TemplateError, match="Unsupported message role: robot"):
         tiny.apply_chat_template([{"role": "robot", "content": "beep"}])
+    strict = ModelTokenizer.load(model_copy(tmp_path, {"chat_template": "{{ messages[0].content + '!' }}"}))
+    with pytest.raises(TemplateError, match="cannot render"):
+        strict.apply_chat_template([{"role": "user", "content": None}])
 
 
 def test_missing_tokenizer_json_is_named(tmp_path):
@@ -151,7 +157,9 @@ def test_encode_prompt_leaves_bos_to_the_post_processor_without_explicit_flags(t
     }
     config = json.loads((TINY / "tokenizer_config.json").read_text())
     del config["add_bos_token"], config["add_eos_token"]
-    model = model_copy(tmp_path / "post", **{"tokenizer.json": json.dumps(tokenizer), "tokenizer_config.json": json.dumps(config)})
+    model = model_copy(
+        tmp_path / "post", **{"tokenizer.json": json.dumps(tokenizer), "tokenizer_config.json": json.dumps(config)}
+    )
     assert ModelTokenizer.load(model).encode_prompt("Hello") == [0, *tiny.encode("Hello")]
     # An explicit add_bos_token: false overrides the post-processor, as transformers rebuilds it.
     config["add_bos_token"] = False
@@ -166,6 +174,24 @@ def test_eos_ids_merge_config_json_list_and_tokenizer_eos(tmp_path):
     assert ModelTokenizer.load(model).eos_token_ids == (128805, 1)
 
 
+def test_bos_falls_back_to_config_json(tmp_path):
+    config = json.loads((TINY / "tokenizer_config.json").read_text())
+    del config["bos_token"]
+    model = model_copy(tmp_path, **{"tokenizer_config.json": json.dumps(config)})
+    assert ModelTokenizer.load(model).bos_token_id == 0
+    (model / "config.json").unlink()
+    assert ModelTokenizer.load(model).bos_token_id is None
+
+
+def test_truncation_saved_in_tokenizer_json_never_cuts_a_prompt(tmp_path, tiny):
+    tokenizer = json.loads((TINY / "tokenizer.json").read_text())
+    tokenizer["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    loaded = ModelTokenizer.load(model_copy(tmp_path, **{"tokenizer.json": json.dumps(tokenizer)}))
+    text = "one two three four five six seven"
+    assert loaded.encode(text) == loaded.encode_prompt(text) == tiny.encode(text)
+    assert len(tiny.encode(text)) > 4
+
+
 def test_special_tokens_given_as_plain_strings(tmp_path):
     loaded = ModelTokenizer.load(model_copy(tmp_path, {"bos_token": BOS, "eos_token": EOS}))
     assert (loaded.bos_token_id, loaded.eos_token_ids) == (0, (1,))
@@ -176,11 +202,14 @@ def test_chat_template_jinja_file_wins_and_has_transformers_helpers(tmp_path):
     template = (
         "{{ bos_token }}{{ strftime_now('%Y') }}|{{ messages[0].content | tojson(indent=1) }}|"
         "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
-        "{% generation %}{{ m.role }}{% endgeneration %}{% endfor %}|{{ flavour }}"
+        "{% generation %}{{ m.role }}{% endgeneration %}{% endfor %}|{{ flavour }}|"
+        "{{ documents is none }}|{{ pad_token }}|{{ additional_special_tokens | join(',') }}\n"
+        "  {% if add_generation_prompt %}\nprompt\n  {% endif %}\nend"  # trim_blocks, lstrip_blocks
     )
-    loaded = ModelTokenizer.load(model_copy(tmp_path, **{"chat_template.jinja": template}))
+    extra = {"additional_special_tokens": [{"__type": "AddedToken", "content": USER}, ASSISTANT]}
+    loaded = ModelTokenizer.load(model_copy(tmp_path, extra, **{"chat_template.jinja": template}))
     prompt = loaded.apply_chat_template([{"role": "user", "content": ["é"]}, {"role": "x"}], flavour="mint")
-    assert prompt == f'{BOS}{datetime.now().year}|[\n "é"\n]|user|mint'
+    assert prompt == f'{BOS}{datetime.now().year}|[\n "é"\n]|user|mint|True|{EOS}|{USER},{ASSISTANT}\nprompt\nend'
 
 
 def test_named_templates_pick_tool_use_when_tools_are_given(tmp_path):

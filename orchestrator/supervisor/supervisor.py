@@ -1,0 +1,218 @@
+"""Runs a launch plan: start, wait for health, supervise, stop in order.
+
+Launch: stage by stage (workers, then the frontend); every process of a stage must
+answer its health URL within the start timeout (a worker answers 200 only once it is
+registered in discovery). A process that exits meanwhile fails the launch with one
+line naming it and how it ended, then its log tail; whatever was started is stopped;
+nothing started at boot is respawned.
+Supervise: every health interval each process is checked; one that died, or failed
+`unhealthy_after` probes in a row, is restarted on the same GPUs and ports after a
+capped exponential backoff; more than `max_restarts` within the window marks it
+failed, and by policy the deployment keeps serving or stops.
+Stop (SIGTERM/SIGINT): workers drain first (they leave discovery and finish their
+requests within the drain timeout), then the frontend stops; each step is logged with
+its duration. A second signal kills everything at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from orchestrator.config.schema import SupervisorConfig
+from orchestrator.errors import BootError, ExitCode
+from orchestrator.plan import LaunchPlan
+from orchestrator.roles import Role
+from orchestrator.signals import Shutdown
+from orchestrator.supervisor.child import Child, describe_exit
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    starting = "starting"
+    ready = "ready"
+    backoff = "backoff"
+    failed = "failed"
+    draining = "draining"
+    exited = "exited"
+
+
+@dataclass
+class Managed:
+    child: Child
+    state: State = State.starting
+    since: float = field(default_factory=time.monotonic)
+    failed_probes: int = 0
+    restarts: collections.deque = field(default_factory=collections.deque)  # times of recent restarts
+    retry_at: float = 0.0
+
+    def set(self, state: State) -> None:
+        if state is not self.state:
+            log.info("%s: %s -> %s", self.child.spec.name, self.state.value, state.value)
+            self.state, self.since = state, time.monotonic()
+
+
+class Supervisor:
+    def __init__(self, plan: LaunchPlan, config: SupervisorConfig, announce=print):
+        self.plan, self.config, self.announce = plan, config, announce
+        self.procs = [Managed(Child(spec, plan.run_dir)) for spec in plan.processes]
+        self.shutdown = Shutdown()
+
+    async def run(self) -> int:
+        self.shutdown.install(asyncio.get_running_loop())
+        self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+        self.plan.write_files()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as self._http:
+            try:
+                started = time.monotonic()
+                if not await self._launch():
+                    return ExitCode.OK  # asked to stop while starting
+                self._ready(time.monotonic() - started)
+                return await self._supervise()
+            finally:
+                await self._stop()
+
+    # -- launch ---------------------------------------------------------------------------------
+
+    async def _launch(self) -> bool:
+        for stage in sorted({p.child.spec.stage for p in self.procs}):
+            group = [p for p in self.procs if p.child.spec.stage == stage]
+            for p in group:
+                await p.child.start()
+            deadline = time.monotonic() + self.config.start_timeout_s
+            while any(p.state is State.starting for p in group):
+                if self.shutdown.requested.is_set():
+                    return False
+                for p in group:
+                    if not p.child.running:
+                        raise BootError(
+                            f"{p.child.spec.name} {describe_exit(p.child.process.returncode)} while starting; "
+                            f"its log ({p.child.log_path}) ends with:\n{p.child.log_tail()}"
+                        )
+                    if p.state is State.starting and await self._healthy(p):
+                        p.set(State.ready)
+                if time.monotonic() > deadline:
+                    late = ", ".join(p.child.spec.name for p in group if p.state is State.starting)
+                    raise BootError(f"{late} not healthy after {self.config.start_timeout_s:g}s",
+                                    "raise supervisor.start_timeout_s or read the process logs in the run dir")
+                await asyncio.sleep(0.2)
+        return True
+
+    def _ready(self, seconds: float) -> None:
+        self.announce(
+            f"Ready in {seconds:.1f}s: {len(self.procs)} processes, logs in {self.plan.run_dir}\n"
+            f"  model: {self.plan.served_name}\n"
+            f"  curl {self.plan.url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+            f"    -d '{{\"model\": \"{self.plan.served_name}\", \"messages\": "
+            f"[{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'"
+        )
+
+    # -- supervise ------------------------------------------------------------------------------
+
+    async def _supervise(self) -> int:
+        while not self.shutdown.requested.is_set():
+            for p in self.procs:
+                verdict = await self._check(p)
+                if verdict is not None:
+                    return verdict
+            try:
+                await asyncio.wait_for(self.shutdown.requested.wait(), self.config.health_interval_s)
+            except TimeoutError:
+                pass
+        return ExitCode.OK
+
+    async def _check(self, p: Managed) -> int | None:
+        now = time.monotonic()
+        if p.state is State.failed:
+            return None
+        if p.state is State.backoff:
+            if now >= p.retry_at:
+                await p.child.start()
+                p.set(State.starting)
+            return None
+        if not p.child.running:
+            log.warning("%s %s", p.child.spec.name, describe_exit(p.child.process.returncode))
+            return self._restart_later(p)
+        healthy = await self._healthy(p)
+        if p.state is State.starting:
+            if healthy:
+                p.set(State.ready)
+            elif now - p.since > self.config.start_timeout_s:
+                await p.child.stop(self.config.stop_timeout_s)
+                return self._restart_later(p)
+            return None
+        p.failed_probes = 0 if healthy else p.failed_probes + 1
+        if p.failed_probes >= self.config.unhealthy_after:
+            log.warning("%s failed %d health probes in a row: restarting it", p.child.spec.name, p.failed_probes)
+            p.failed_probes = 0
+            await p.child.stop(self.config.stop_timeout_s)
+            return self._restart_later(p)
+        return None
+
+    def _restart_later(self, p: Managed) -> int | None:
+        policy, now = self.config.restart, time.monotonic()
+        while p.restarts and now - p.restarts[0] > policy.window_s:
+            p.restarts.popleft()
+        returncode = p.child.process.returncode
+        if policy.policy == "never" or (policy.policy == "on-failure" and returncode == 0) \
+                or len(p.restarts) >= policy.max_restarts:
+            p.set(State.failed)
+            reason = (f"{p.child.spec.name} {describe_exit(returncode)} and was restarted {len(p.restarts)} "
+                      f"times in {policy.window_s:g}s")
+            if policy.on_failed == "stop":
+                log.error("%s: stopping the deployment (supervisor.restart.on_failed=stop)", reason)
+                return ExitCode.FAILED
+            log.error("%s: serving with the rest", reason)
+            return None
+        p.restarts.append(now)
+        delay = min(policy.backoff_initial_s * 2 ** (len(p.restarts) - 1), policy.backoff_max_s)
+        p.retry_at = now + delay
+        p.set(State.backoff)
+        log.info("%s restarts in %.1fs (restart %d)", p.child.spec.name, delay, len(p.restarts))
+        return None
+
+    async def _healthy(self, p: Managed) -> bool:
+        try:
+            async with self._http.get(p.child.spec.health_url) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    async def _stop(self) -> None:
+        """Workers drain first, then the frontend; a second signal kills everything."""
+        workers = [p for p in self.procs if p.child.spec.role is Role.worker and p.child.process]
+        frontends = [p for p in self.procs if p.child.spec.role is Role.frontend and p.child.process]
+        for name, group, timeout in (
+            ("workers", workers, self.config.drain_timeout_s + self.config.stop_timeout_s),
+            ("frontend", frontends, self.config.stop_timeout_s),
+        ):
+            live = [p for p in group if p.child.running]
+            if not live:
+                continue
+            t0 = time.monotonic()
+            for p in live:
+                p.set(State.draining)
+            stopping = asyncio.gather(*(p.child.stop(timeout) for p in live))
+            forced = asyncio.ensure_future(self.shutdown.forced.wait())
+            done, _ = await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if forced in done:
+                log.warning("second signal: killing every process")
+                for p in self.procs:
+                    p.child.kill()
+                await stopping
+            forced.cancel()
+            for p in live:
+                p.set(State.exited)
+            log.info("stopped %s (%d) in %.1fs", name, len(live), time.monotonic() - t0)
+        for p in self.procs:  # anything still starting or in backoff
+            if p.child.running:
+                await p.child.stop(self.config.stop_timeout_s)

@@ -1,0 +1,161 @@
+"""`dynamo-launch` running a deployment: launch, answer, restart, drain, no orphans."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.frontend_support import client, wait_instances
+from tests.managed import free_port
+
+pytestmark = pytest.mark.slow
+DYNAMO_LAUNCH = str(Path(sys.executable).parent / "dynamo-launch")
+HELLO = [{"role": "user", "content": "Hello!"}]
+
+
+class Launch:
+    """`dynamo-launch` in its own session, on ports no other test uses."""
+
+    def __init__(self, tmp_path: Path, *overrides: str):
+        self.port, base = free_port(), random.randrange(21000, 39000, 500)
+        self.run_dir = tmp_path / "run"
+        self.argv = [DYNAMO_LAUNCH, *overrides, f"frontend.port={self.port}", f"ports.base={base}",
+                     f"ports.sglang_base={base + 20000}", f"hydra.run.dir={self.run_dir}",
+                     "engine.mock.speedup_ratio=100", "supervisor.health_interval_s=0.3",
+                     "supervisor.restart.backoff_initial_s=0.2"]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Launch":
+        self.out = open(self.run_dir.parent / "launch.out", "w")
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.out, text=True,
+                                     start_new_session=True)
+        self.stdout: list[str] = []
+        threading.Thread(target=lambda: self.stdout.extend(self.proc.stdout), daemon=True).start()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(line.startswith("Ready in") for line in self.stdout):
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.log()}"
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return (self.run_dir.parent / "launch.out").read_text()[-3000:]
+
+    def pids(self, name: str) -> list[int]:
+        """Live processes of this deployment (their environment names its run dir) whose argv names `name`."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                environ = (entry / "environ").read_bytes()
+                zombie = (entry / "stat").read_text().split(") ")[-1].startswith("Z")
+            except (OSError, ValueError):
+                continue
+            if name.encode() in cmdline and str(self.run_dir).encode() in environ and not zombie:
+                found.append(int(entry.name))
+        return found
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.out.close()
+
+
+def _inflight(url: str) -> int:
+    import json
+
+    from tests.managed import http_get
+
+    _, body = http_get(f"{url}/health")
+    return sum(i["inflight"] for i in json.loads(body)["instances"])
+
+
+def worker_pids(launch: Launch) -> list[int]:
+    return [p for p in launch.pids("orchestrator.worker")]
+
+
+def test_the_embedded_default_answers_and_stops_cleanly(tmp_path):
+    with Launch(tmp_path) as launch:
+        launch.wait_ready()
+        assert any(launch.url in line for line in launch.stdout), "it says where to send requests"
+        answer = client(launch.url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=8)
+        assert answer.choices[0].message.content
+        launch.proc.send_signal(signal.SIGINT)
+        assert launch.proc.wait(30) == 0
+        assert not launch.pids("orchestrator"), "nothing of the deployment is left"
+        assert "stopped workers" in launch.log() and "stopped frontend" in launch.log()
+
+
+def test_a_killed_worker_is_restarted_and_the_deployment_answers_again(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "discovery.lease_ttl_s=1") as launch:
+        launch.wait_ready()
+        victim = worker_pids(launch)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (victim in worker_pids(launch) or len(worker_pids(launch)) < 2):
+            time.sleep(0.2)
+        assert len(worker_pids(launch)) == 2 and victim not in worker_pids(launch)
+        wait_instances(launch.url, "tiny", 2)
+        c = client(launch.url)
+        for _ in range(4):
+            assert c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4).choices
+        assert "restarts in" in launch.log()
+
+
+def test_sigterm_under_streaming_load_completes_every_request(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "model.num_params=8000000000",
+                "engine.mock.speedup_ratio=1") as launch:
+        launch.wait_ready()
+        c = client(launch.url)
+        results: list = []
+
+        def one() -> None:
+            try:
+                stream = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=1000, stream=True,
+                                                   extra_body={"ignore_eos": True})
+                results.append([ch.choices[0].finish_reason for ch in stream if ch.choices][-1])
+            except Exception as e:  # shown by the assertion below
+                results.append(repr(e))
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while _inflight(launch.url) < 6:
+            assert time.monotonic() < deadline, "the requests never got going"
+            time.sleep(0.05)
+        launch.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert launch.proc.wait(60) == 0
+    assert results == ["length"] * 6, "every in-flight request finished"
+
+
+def test_killing_the_orchestrator_leaves_no_process_behind(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2") as launch:
+        launch.wait_ready()
+        assert len(launch.pids("orchestrator")) == 3
+        os.kill(launch.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while launch.pids("orchestrator") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launch.pids("orchestrator") == []
+
+
+def test_a_worker_that_fails_at_boot_is_reported_not_respawned(tmp_path):
+    with Launch(tmp_path, "model.num_params=900000000000") as launch:  # 1.8 TB of weights on one GPU
+        assert launch.proc.wait(60) == 3
+    log = launch.log()
+    assert "agg-0 exited with code 3 while starting" in log and "does not fit" in log
+    assert log.count("agg-0 started") == 1
