@@ -20,6 +20,7 @@ import asyncio
 import collections
 import enum
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from orchestrator.plan import LaunchPlan
 from orchestrator.roles import Role
 from orchestrator.signals import Shutdown
 from orchestrator.supervisor.child import Child, describe_exit
+from orchestrator.supervisor.control import ControlServer
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,31 @@ class Supervisor:
         self.plan, self.config, self.announce = plan, config, announce
         self.procs = [Managed(Child(spec, plan.run_dir)) for spec in plan.processes]
         self.shutdown = Shutdown()
+        self._restarts: asyncio.Queue[str] = asyncio.Queue()  # groups to restart, one at a time
 
     async def run(self) -> int:
-        self.shutdown.install(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.shutdown.install(loop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._restarts.put_nowait("all"))
         self.plan.run_dir.mkdir(parents=True, exist_ok=True)
         self.plan.write_files()
+        control = ControlServer(self.plan.run_dir, {
+            "status": self._status, "restart": self._restart_command, "stop": self._stop_command,
+        })
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as self._http:
             try:
                 started = time.monotonic()
+                await control.start()
                 if not await self._launch():
                     return ExitCode.OK  # asked to stop while starting
                 self._ready(time.monotonic() - started)
-                return await self._supervise()
+                async with asyncio.TaskGroup() as tasks:
+                    restarter = tasks.create_task(self._rolling_restarts())
+                    result = await self._supervise()
+                    restarter.cancel()
+                return result
             finally:
+                await control.close()
                 await self._stop()
 
     # -- launch ---------------------------------------------------------------------------------
@@ -130,7 +144,7 @@ class Supervisor:
 
     async def _check(self, p: Managed) -> int | None:
         now = time.monotonic()
-        if p.state is State.failed:
+        if p.state in (State.failed, State.draining):  # draining: a rolling restart owns it
             return None
         if p.state is State.backoff:
             if now >= p.retry_at:
@@ -177,6 +191,55 @@ class Supervisor:
         p.set(State.backoff)
         log.info("%s restarts in %.1fs (restart %d)", p.child.spec.name, delay, len(p.restarts))
         return None
+
+    # -- control ------------------------------------------------------------------------------
+
+    async def _status(self, request: dict) -> dict:
+        return {"processes": [
+            {"name": p.child.spec.name, "role": p.child.spec.role.value, "group": p.child.spec.group,
+             "replica": p.child.spec.replica, "state": p.state.value, "pid": p.child.pid,
+             "gpus": list(p.child.spec.gpus), "ports": dict(p.child.spec.ports),
+             "restarts": len(p.restarts), "since_s": round(time.monotonic() - p.since, 1)}
+            for p in self.procs
+        ], "url": self.plan.url, "model": self.plan.served_name}
+
+    async def _restart_command(self, request: dict) -> dict:
+        group = request.get("group") or "all"
+        groups = {p.child.spec.group for p in self.procs if p.child.spec.group}
+        if group != "all" and group not in groups:
+            raise ValueError(f"no worker group {group!r}; groups: {', '.join(sorted(groups))}")
+        self._restarts.put_nowait(group)
+        return {"message": f"rolling restart of {group} queued"}
+
+    async def _stop_command(self, request: dict) -> dict:
+        self.shutdown.requested.set()
+        return {"message": "stopping"}
+
+    async def _rolling_restarts(self) -> None:
+        """One replica at a time: it drains (its GPUs are in use, so it goes first), then
+        its replacement starts on the same GPUs and ports and must be healthy before the
+        next replica goes. Requests in flight finish, or migrate through the frontend."""
+        while True:
+            group = await self._restarts.get()
+            replicas: dict[tuple, list[Managed]] = collections.defaultdict(list)
+            for p in self.procs:
+                spec = p.child.spec
+                if spec.role is Role.worker and group in ("all", spec.group):
+                    replicas[(spec.group, spec.replica)].append(p)
+            log.info("rolling restart of %s: %d replicas", group, len(replicas))
+            for (name, replica), members in replicas.items():
+                t0 = time.monotonic()
+                for p in members:
+                    p.set(State.draining)
+                await asyncio.gather(*(p.child.stop(self.config.drain_timeout_s + self.config.stop_timeout_s)
+                                       for p in members))
+                for p in members:
+                    await p.child.start()
+                    p.set(State.starting)
+                deadline = time.monotonic() + self.config.start_timeout_s
+                while any(p.state is not State.ready for p in members) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)  # the supervise loop marks them ready
+                log.info("replica %s-%d restarted in %.1fs", name, replica, time.monotonic() - t0)
 
     async def _healthy(self, p: Managed) -> bool:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -179,3 +180,65 @@ def test_recipe_comes_up_on_the_mock_engine_and_answers(tmp_path, recipe):
             assert answer.choices[0].message.content is not None
         launch.proc.send_signal(signal.SIGTERM)
         assert launch.proc.wait(60) == 0
+
+
+DYNAMO_CTL = str(Path(sys.executable).parent / "dynamo-ctl")
+
+
+def ctl(launch: Launch, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([DYNAMO_CTL, "--run-dir", str(launch.run_dir), *args], capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_ctl_status_and_stop(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2") as launch:
+        launch.wait_ready()
+        status = json.loads(ctl(launch, "status", "--json").stdout)
+        assert [(p["name"], p["state"]) for p in status["processes"]] == [
+            ("agg-0", "ready"), ("agg-1", "ready"), ("frontend", "ready")]
+        assert status["url"] == launch.url
+        table = ctl(launch, "status").stdout
+        assert "agg-1" in table and "ready" in table
+        unknown = ctl(launch, "restart", "nope")
+        assert unknown.returncode == 1 and "groups: agg" in unknown.stderr
+        assert ctl(launch, "stop").returncode == 0
+        assert launch.proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("trigger", ["dynamo-ctl", "SIGHUP"])
+def test_rolling_restart_under_steady_load_loses_no_request(tmp_path, trigger):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "frontend.migration_limit=3",
+                "discovery.lease_ttl_s=1") as launch:
+        launch.wait_ready()
+        before = set(worker_pids(launch))
+        c = client(launch.url)
+        outcomes: list = []
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                try:
+                    r = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=16,
+                                                  extra_body={"ignore_eos": True})
+                    outcomes.append(r.usage.completion_tokens)
+                except Exception as e:  # a lost request: reported below
+                    outcomes.append(repr(e))
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        if trigger == "SIGHUP":
+            launch.proc.send_signal(signal.SIGHUP)
+        else:
+            assert ctl(launch, "restart", "agg").returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (set(worker_pids(launch)) & before or len(worker_pids(launch)) < 2):
+            time.sleep(0.2)
+        after = set(worker_pids(launch))
+        assert len(after) == 2 and not after & before, "every replica was replaced"
+        time.sleep(1)
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert outcomes and all(o == 16 for o in outcomes), [o for o in outcomes if o != 16][:3]
