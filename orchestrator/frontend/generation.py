@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from orchestrator.frontend.dispatch import Dispatcher
 from orchestrator.frontend.models import Model
-from orchestrator.frontend.parsers import reasoning_parser, tool_call_parser
+from orchestrator.frontend.parsers import ReasoningParser, ToolCallParser, reasoning_parser, tool_call_parser
 from orchestrator.frontend.preprocess import StopJail
 from orchestrator.planes import messages as m
 
@@ -38,6 +38,10 @@ class ChoiceOptions:
     skip_special_tokens: bool = True
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None  # only when the request offered tools
+    # Set by SGLang's chat processor (`--dyn-chat-processor sglang`): build each choice's
+    # parsers in place of the frontend's own parsers of those names.
+    new_reasoning_parser: Callable[[], ReasoningParser] | None = None
+    new_tool_call_parser: Callable[[], ToolCallParser] | None = None
 
 
 async def choice_stream(
@@ -45,8 +49,12 @@ async def choice_stream(
 ) -> AsyncIterator[Delta]:
     decoder = model.tokenizer.decoder(options.skip_special_tokens)
     jail = StopJail(options.stop)
-    reasoning = reasoning_parser(options.reasoning_parser)() if options.reasoning_parser else None
-    tools = tool_call_parser(options.tool_call_parser)() if options.tool_call_parser else None
+    new_reasoning = options.new_reasoning_parser or (
+        reasoning_parser(options.reasoning_parser) if options.reasoning_parser else None)
+    new_tools = options.new_tool_call_parser or (
+        tool_call_parser(options.tool_call_parser) if options.tool_call_parser else None)
+    reasoning = new_reasoning() if new_reasoning else None
+    tools = new_tools() if new_tools else None
     called = False
     received = 0
 

@@ -91,6 +91,16 @@ def _target(expr: str, legend: str, ref: int, instant: bool = False) -> dict:
     return target
 
 
+_GRAPH_OPTIONS = {
+    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+    "tooltip": {"mode": "multi", "sort": "desc"},
+}
+_STAT_OPTIONS = {
+    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+    "colorMode": "value", "graphMode": "none", "textMode": "value_and_name", "justifyMode": "auto",
+}
+
+
 def _panel(title: str, unit: str, queries: list[tuple[str, str]], kind: str = "timeseries",
            defaults: dict | None = None, instant: bool = False) -> dict:
     return {
@@ -98,10 +108,7 @@ def _panel(title: str, unit: str, queries: list[tuple[str, str]], kind: str = "t
         "title": title,
         "datasource": DATASOURCE,
         "fieldConfig": {"defaults": {"unit": unit, "min": 0, **(defaults or {})}, "overrides": []},
-        "options": {
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+        "options": _STAT_OPTIONS if kind == "stat" else _GRAPH_OPTIONS,
         "targets": [_target(expr, legend, i, instant) for i, (expr, legend) in enumerate(queries)],
     }
 
@@ -124,7 +131,7 @@ _PERCENT = {"max": 1}
 def _sections() -> list[tuple[str, list[dict]]]:
     jobs = "|".join(JOBS.values())
     return [
-        ("Frontend", [
+        ("Requests", [
             _panel("Request rate by status", "reqps", [
                 (f"sum by (status) (rate(dynamo_frontend_requests_total{RATE}))", "{{status}}")]),
             _panel("In-flight requests", "short", [

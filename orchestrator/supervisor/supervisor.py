@@ -23,6 +23,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -33,6 +34,7 @@ from orchestrator.roles import Role
 from orchestrator.signals import Shutdown
 from orchestrator.supervisor.child import Child, describe_exit
 from orchestrator.supervisor.control import ControlServer
+from orchestrator.supervisor.observability import observability_files
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._restarts.put_nowait("all"))
         self.plan.run_dir.mkdir(parents=True, exist_ok=True)
         self.plan.write_files()
+        for path, content in observability_files(self.plan).items():
+            Path(path).write_text(content)
         control = ControlServer(self.plan.run_dir, {
             "status": self._status, "restart": self._restart_command, "stop": self._stop_command,
         })

@@ -94,6 +94,9 @@ def test_the_embedded_default_answers_and_stops_cleanly(tmp_path):
         assert any(launch.url in line for line in launch.stdout), "it says where to send requests"
         answer = client(launch.url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=8)
         assert answer.choices[0].message.content
+        scrape = (launch.run_dir / "prometheus.yml").read_text()
+        assert f"127.0.0.1:{launch.port}" in scrape and "process: agg-0" in scrape
+        assert json.loads((launch.run_dir / "grafana-dashboard.json").read_text())["panels"]
         launch.proc.send_signal(signal.SIGINT)
         assert launch.proc.wait(30) == 0
         assert not launch.pids("orchestrator"), "nothing of the deployment is left"
