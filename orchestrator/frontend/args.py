@@ -82,5 +82,6 @@ def _check_available(ns: argparse.Namespace) -> None:
         raise ConfigError("--router-mode", "kv routing is not available in this build",
                           "use round-robin, random or least-loaded")
     if ns.dyn_chat_processor == ChatProcessor.sglang.value:
-        raise ConfigError("--dyn-chat-processor", "SGLang's chat processor is not available in this build",
-                          "use dynamo (the frontend's own template and tokenizer)")
+        from orchestrator.frontend.preprocess.sglang_processor import require_sglang
+
+        require_sglang()  # imports SGLang only in this mode; its ConfigError names why SGLang does not import

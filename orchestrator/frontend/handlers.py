@@ -12,7 +12,7 @@ import asyncio
 import random
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import jinja2
 from aiohttp import web
@@ -26,6 +26,9 @@ from orchestrator.frontend.openai.sse import SSE_DONE, sse_error, sse_event
 from orchestrator.metrics import FrontendMetrics
 from orchestrator.planes import messages as m
 from orchestrator.roles import WorkerType
+
+if TYPE_CHECKING:  # the module is imported only in that mode: it is the one place that imports SGLang
+    from orchestrator.frontend.preprocess.sglang_processor import SGLangChatProcessor
 
 
 class Choices:
@@ -109,21 +112,30 @@ def budget(model: Model, prompt_tokens: int, max_tokens: int | None, param: str)
     return room if max_tokens is None else max_tokens
 
 
-def chat_jobs(model: Model, req: ChatRequest) -> tuple[list, list[int]]:
-    tokenizer = model.tokenizer
-    try:
-        text = tokenizer.apply_chat_template(
-            req.messages, tools=req.tools or None, add_generation_prompt=True, **req.chat_template_kwargs
-        )
-    except jinja2.TemplateError as e:  # the template refused these messages (e.g. roles out of order)
-        raise errors.invalid_request(f"the chat template cannot render these messages: {e}", "messages") from None
-    ids = tokenizer.encode(text)
+def chat_jobs(model: Model, req: ChatRequest, sglang: SGLangChatProcessor | None = None) -> tuple[list, list[int]]:
+    """With `sglang` (`--dyn-chat-processor sglang`), SGLang renders the prompt and parses the output."""
+    if sglang is None:
+        tokenizer = model.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(
+                req.messages, tools=req.tools or None, add_generation_prompt=True, **req.chat_template_kwargs
+            )
+        except jinja2.TemplateError as e:  # the template refused these messages (e.g. roles out of order)
+            raise errors.invalid_request(f"the chat template cannot render these messages: {e}", "messages") from None
+        ids = tokenizer.encode(text)
+    else:
+        ids = sglang.render(model, req)
     n_out = budget(model, len(ids), req.max_tokens, "messages")
     options = ChoiceOptions(
         stop=list(req.stop),
         reasoning_parser=model.card.reasoning_parser,
         tool_call_parser=model.card.tool_call_parser if req.tools and req.tool_choice != "none" else None,
     )
+    if sglang is not None:
+        if options.reasoning_parser:
+            options.new_reasoning_parser = sglang.reasoning_parser(model, req, options.reasoning_parser)
+        if options.tool_call_parser:
+            options.new_tool_call_parser = sglang.tool_call_parser(model, req, options.tool_call_parser)
     return [(i, r, options) for i, r in enumerate(generate_requests(req, [ids], [n_out]))], ids
 
 

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
 import logging
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from rich.console import Console
+from rich.live import Live
 
 from orchestrator.config.schema import SupervisorConfig
 from orchestrator.errors import BootError, ExitCode
@@ -33,8 +37,10 @@ from orchestrator.plan import LaunchPlan
 from orchestrator.roles import Role
 from orchestrator.signals import Shutdown
 from orchestrator.supervisor.child import Child, describe_exit
+from orchestrator.supervisor import view
 from orchestrator.supervisor.control import ControlServer
 from orchestrator.supervisor.observability import observability_files
+from orchestrator.supervisor.view import Load
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ class Managed:
     failed_probes: int = 0
     restarts: collections.deque = field(default_factory=collections.deque)  # times of recent restarts
     retry_at: float = 0.0
+    healthy: bool = False
+    load: Load = field(default_factory=Load)
 
     def set(self, state: State) -> None:
         if state is not self.state:
@@ -135,16 +143,38 @@ class Supervisor:
     # -- supervise ------------------------------------------------------------------------------
 
     async def _supervise(self) -> int:
-        while not self.shutdown.requested.is_set():
-            for p in self.procs:
-                verdict = await self._check(p)
-                if verdict is not None:
-                    return verdict
-            try:
-                await asyncio.wait_for(self.shutdown.requested.wait(), self.config.health_interval_s)
-            except TimeoutError:
-                pass
+        live = Live(console=Console(), auto_refresh=False) if sys.stdout.isatty() else contextlib.nullcontext()
+        with live:
+            while not self.shutdown.requested.is_set():
+                for p in self.procs:
+                    verdict = await self._check(p)
+                    if verdict is not None:
+                        return verdict
+                if isinstance(live, Live):
+                    await asyncio.gather(*(self._scrape(p) for p in self.procs))
+                    live.update(view.table(self._rows(), f"{self.plan.served_name} at {self.plan.url}"), refresh=True)
+                try:
+                    await asyncio.wait_for(self.shutdown.requested.wait(), self.config.health_interval_s)
+                except TimeoutError:
+                    pass
         return ExitCode.OK
+
+    def _rows(self) -> list[dict]:
+        return [
+            {"name": p.child.spec.name, "role": p.child.spec.role.value, "group": p.child.spec.group,
+             "replica": p.child.spec.replica, "state": p.state.value, "pid": p.child.pid,
+             "gpus": list(p.child.spec.gpus), "ports": dict(p.child.spec.ports), "healthy": p.healthy,
+             "restarts": len(p.restarts), "since_s": round(time.monotonic() - p.since, 1), "load": p.load}
+            for p in self.procs
+        ]
+
+    async def _scrape(self, p: Managed) -> None:
+        url = p.child.spec.health_url.rsplit("/", 1)[0] + "/metrics"
+        try:
+            async with self._http.get(url) as response:
+                p.load.update(view.metric_sums(await response.text()))
+        except (aiohttp.ClientError, TimeoutError):
+            pass
 
     async def _check(self, p: Managed) -> int | None:
         now = time.monotonic()
@@ -199,13 +229,8 @@ class Supervisor:
     # -- control ------------------------------------------------------------------------------
 
     async def _status(self, request: dict) -> dict:
-        return {"processes": [
-            {"name": p.child.spec.name, "role": p.child.spec.role.value, "group": p.child.spec.group,
-             "replica": p.child.spec.replica, "state": p.state.value, "pid": p.child.pid,
-             "gpus": list(p.child.spec.gpus), "ports": dict(p.child.spec.ports),
-             "restarts": len(p.restarts), "since_s": round(time.monotonic() - p.since, 1)}
-            for p in self.procs
-        ], "url": self.plan.url, "model": self.plan.served_name}
+        rows = [{k: v for k, v in row.items() if k != "load"} for row in self._rows()]
+        return {"processes": rows, "url": self.plan.url, "model": self.plan.served_name}
 
     async def _restart_command(self, request: dict) -> dict:
         group = request.get("group") or "all"
@@ -248,9 +273,10 @@ class Supervisor:
     async def _healthy(self, p: Managed) -> bool:
         try:
             async with self._http.get(p.child.spec.health_url) as response:
-                return response.status == 200
+                p.healthy = response.status == 200
         except (aiohttp.ClientError, TimeoutError):
-            return False
+            p.healthy = False
+        return p.healthy
 
     # -- stop -----------------------------------------------------------------------------------
 

@@ -245,3 +245,26 @@ def test_rolling_restart_under_steady_load_loses_no_request(tmp_path, trigger):
         for t in threads:
             t.join(30)
     assert outcomes and all(o == 16 for o in outcomes), [o for o in outcomes if o != 16][:3]
+
+
+def test_a_terminal_gets_the_live_view(tmp_path):
+    import pty
+
+    launch = Launch(tmp_path)
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(launch.argv, stdout=secondary, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    os.close(secondary)
+    screen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while b"in flight" not in screen and time.monotonic() < deadline:
+            try:
+                screen += os.read(main, 65536)
+            except OSError:
+                break
+        assert b"in flight" in screen and b"agg-0" in screen and b"frontend" in screen
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        os.close(main)
