@@ -41,7 +41,7 @@ def _app(cfg: DictConfig) -> None:
         elif mode == "table":
             print_table(plan)
         else:
-            sys.exit(asyncio.run(Supervisor(plan, launch_cfg.supervisor).run()))
+            sys.exit(asyncio.run(Supervisor(plan, launch_cfg).run()))
     except LaunchError as e:
         print(f"dynamo-launch: {e}", file=sys.stderr)
         sys.exit(e.exit_code)

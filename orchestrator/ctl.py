@@ -2,6 +2,7 @@
 
     dynamo-ctl status [--json]      every process: state, pid, GPUs, ports, restarts
     dynamo-ctl restart GROUP|all    rolling restart, one replica at a time
+    dynamo-ctl scale GROUP=N        add replicas on free GPUs, or drain the last ones
     dynamo-ctl stop                 drain and stop, as SIGTERM does
 
 The deployment is the one whose run dir `--run-dir` names (or DYN_RUN_DIR); by default
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="as JSON")
     restart = commands.add_parser("restart", help="rolling restart of a worker group")
     restart.add_argument("group", help="a worker group, or all")
+    scale = commands.add_parser("scale", help="change a worker group's replica count")
+    scale.add_argument("target", metavar="GROUP=N")
     commands.add_parser("stop", help="drain and stop the deployment")
     args = parser.parse_args(argv)
 
@@ -39,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         print("dynamo-ctl: no running deployment found (hint: pass --run-dir, the run dir dynamo-launch printed)",
               file=sys.stderr)
         return 2
-    request = {"command": args.command} | ({"group": args.group} if args.command == "restart" else {})
+    request = {"command": args.command}
+    if args.command == "restart":
+        request["group"] = args.group
+    elif args.command == "scale":
+        group, _, count = args.target.partition("=")
+        if not count.isdigit():
+            print(f"dynamo-ctl: {args.target!r} is not GROUP=N (hint: dynamo-ctl scale agg=3)", file=sys.stderr)
+            return 2
+        request |= {"group": group, "replicas": int(count)}
     reply = _ask(sock, request)
     if not reply.get("ok"):
         print(f"dynamo-ctl: {reply.get('error')}", file=sys.stderr)

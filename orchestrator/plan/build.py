@@ -18,7 +18,7 @@ from orchestrator.plan.argv import python_module
 from orchestrator.sglang_config import flags_to_argv as render_flags
 from orchestrator.plan.inventory import Inventory, NodeSlice
 from orchestrator.plan.plan import LaunchPlan, ProcessSpec
-from orchestrator.plan.ports import PortAllocator
+from orchestrator.plan.ports import SGLANG_PORT_SPAN, PortAllocator
 from orchestrator.plan.validate import validate
 from orchestrator.roles import EngineKind, Role, RouterMode, WorkerType
 
@@ -82,6 +82,24 @@ def build_plan(cfg: LaunchConfig, run_dir: Path) -> LaunchPlan:
     )
 
 
+def add_replicas(cfg: LaunchConfig, plan: LaunchPlan, group_name: str, count: int) -> list[ProcessSpec]:
+    """The processes of `count` more replicas of a group (`dynamo-ctl scale`), on GPUs
+    and ports that nothing in `plan` holds; a ConfigError when the cluster has no room."""
+    group = cfg.deployment.groups[group_name]
+    inventory = Inventory(cfg.cluster.nodes, cfg.cluster.gpus_per_node)
+    ports = PortAllocator(cfg.ports.base, cfg.ports.sglang_base)
+    for p in plan.processes:
+        inventory.claim(p.node, p.gpus)
+        for name, port in p.ports.items():
+            ports.hold(port, SGLANG_PORT_SPAN if name in ("sglang", "dist_init") else 1)
+    first = 1 + max((p.replica for p in plan.processes if p.group == group_name), default=-1)
+    specs = []
+    for index in range(first, first + count):
+        replica = _plan_replica(cfg, group_name, group, index, inventory, ports)
+        specs += [_worker_process(cfg, plan.run_dir, replica, rank, ports) for rank in range(len(replica.slices))]
+    return specs
+
+
 def _check_gpu_demand(cfg: LaunchConfig) -> None:
     need = sum(gpus_per_worker(g) * g.replicas for g in cfg.deployment.groups.values())
     have = cfg.cluster.nodes * cfg.cluster.gpus_per_node
@@ -141,6 +159,8 @@ def _worker_process(cfg: LaunchConfig, run_dir: Path, r: _Replica, node_rank: in
     if r.bootstrap_port is not None and node_rank == 0:
         own["bootstrap"] = r.bootstrap_port
     own["sglang"] = ports.take_sglang_block(f"{name} sglang --port")
+    if r.dist_init_port is not None and node_rank == 0:
+        own["dist_init"] = r.dist_init_port  # the leader's rendezvous, a block like --port's
 
     sglang = {
         "model-path": cfg.model.path,

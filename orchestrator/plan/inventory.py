@@ -24,9 +24,9 @@ class Inventory:
         self.gpus_per_node = gpus_per_node
         self._free = [list(range(gpus_per_node)) for _ in range(nodes)]
 
-    @property
-    def total(self) -> int:
-        return self.nodes * self.gpus_per_node
+    def claim(self, node: int, gpus: tuple[int, ...]) -> None:
+        """Mark devices as taken (by a process that already runs on them)."""
+        self._free[node] = [g for g in self._free[node] if g not in gpus]
 
     def place(self, count: int, owner: str) -> list[NodeSlice]:
         """GPUs for one replica, one slice per node it spans (in node-rank order)."""

@@ -45,6 +45,11 @@ class PortAllocator:
         self._owner[port] = owner
         return port
 
+    def hold(self, port: int, span: int = 1) -> None:
+        """Ports already in use by a running process (`span` for an SGLang block)."""
+        for p in range(port, port + span):
+            self._owner.setdefault(p, "a running process")
+
     def take(self, owner: str, count: int = 1) -> int:
         """The first of `count` consecutive free ports from `ports.base` upward."""
         start = self._first_free_run(self._cursor, count, owner)

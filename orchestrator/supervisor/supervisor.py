@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import enum
 import logging
 import signal
@@ -31,9 +32,10 @@ import aiohttp
 from rich.console import Console
 from rich.live import Live
 
-from orchestrator.config.schema import SupervisorConfig
-from orchestrator.errors import BootError, ExitCode
+from orchestrator.config.schema import LaunchConfig, SupervisorConfig
+from orchestrator.errors import BootError, ConfigError, ExitCode
 from orchestrator.plan import LaunchPlan
+from orchestrator.plan.build import add_replicas
 from orchestrator.roles import Role
 from orchestrator.signals import Shutdown
 from orchestrator.supervisor.child import Child, describe_exit
@@ -72,8 +74,9 @@ class Managed:
 
 
 class Supervisor:
-    def __init__(self, plan: LaunchPlan, config: SupervisorConfig, announce=print):
-        self.plan, self.config, self.announce = plan, config, announce
+    def __init__(self, plan: LaunchPlan, launch_config: LaunchConfig, announce=print):
+        self.plan, self.launch_config, self.announce = plan, launch_config, announce
+        self.config: SupervisorConfig = launch_config.supervisor
         self.procs = [Managed(Child(spec, plan.run_dir)) for spec in plan.processes]
         self.shutdown = Shutdown()
         self._restarts: asyncio.Queue[str] = asyncio.Queue()  # groups to restart, one at a time
@@ -87,7 +90,8 @@ class Supervisor:
         for path, content in observability_files(self.plan).items():
             Path(path).write_text(content)
         control = ControlServer(self.plan.run_dir, {
-            "status": self._status, "restart": self._restart_command, "stop": self._stop_command,
+            "status": self._status, "restart": self._restart_command, "scale": self._scale_command,
+            "stop": self._stop_command,
         })
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as self._http:
             try:
@@ -239,6 +243,34 @@ class Supervisor:
             raise ValueError(f"no worker group {group!r}; groups: {', '.join(sorted(groups))}")
         self._restarts.put_nowait(group)
         return {"message": f"rolling restart of {group} queued"}
+
+    async def _scale_command(self, request: dict) -> dict:
+        """New replicas take free GPUs and ports from the plan's inventory and join once
+        healthy; removed replicas (the highest-numbered) drain and stop."""
+        group, wanted = request.get("group"), request.get("replicas")
+        if group not in self.launch_config.deployment.groups:
+            raise ValueError(f"no worker group {group!r}; groups: {', '.join(self.launch_config.deployment.groups)}")
+        if not isinstance(wanted, int) or wanted < 0:
+            raise ValueError("replicas must be a whole number >= 0")
+        members = [p for p in self.procs if p.child.spec.group == group]
+        current = sorted({p.child.spec.replica for p in members})
+        if wanted > len(current):
+            plan = dataclasses.replace(self.plan, processes=tuple(p.child.spec for p in self.procs))
+            try:
+                specs = add_replicas(self.launch_config, plan, group, wanted - len(current))
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            for spec in specs:
+                p = Managed(Child(spec, self.plan.run_dir))
+                self.procs.insert(next(i for i, q in enumerate(self.procs) if q.child.spec.role is Role.frontend), p)
+                await p.child.start()
+            return {"message": f"{group}: starting {', '.join(s.name for s in specs)}"}
+        leaving = [p for p in members if p.child.spec.replica in current[wanted:]]
+        for p in leaving:
+            p.set(State.draining)
+        await asyncio.gather(*(p.child.stop(self.config.drain_timeout_s + self.config.stop_timeout_s) for p in leaving))
+        self.procs = [p for p in self.procs if p not in leaving]
+        return {"message": f"{group}: stopped {', '.join(p.child.spec.name for p in leaving) or 'nothing'}"}
 
     async def _stop_command(self, request: dict) -> dict:
         self.shutdown.requested.set()

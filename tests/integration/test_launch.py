@@ -268,3 +268,20 @@ def test_a_terminal_gets_the_live_view(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         os.close(main)
+
+
+def test_scale_up_and_down_changes_what_the_frontend_routes_to(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=1", "cluster.gpus_per_node=3") as launch:
+        launch.wait_ready()
+        up = ctl(launch, "scale", "agg=3")
+        assert up.returncode == 0 and "agg-1, agg-2" in up.stdout
+        wait_instances(launch.url, "tiny", 3)
+        status = json.loads(ctl(launch, "status", "--json").stdout)["processes"]
+        assert sorted(g for p in status for g in p["gpus"]) == [0, 1, 2], "new replicas took the free GPUs"
+        full = ctl(launch, "scale", "agg=4")
+        assert full.returncode == 1 and "no node has 1 free" in full.stderr
+        down = ctl(launch, "scale", "agg=1")
+        assert down.returncode == 0 and "agg-1, agg-2" in down.stdout
+        wait_instances(launch.url, "tiny", 1)
+        assert client(launch.url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=4).choices
+        assert len(worker_pids(launch)) == 1

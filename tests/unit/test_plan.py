@@ -8,6 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
+from orchestrator.errors import ConfigError
 from orchestrator.roles import Role, WorkerType
 from tests.support import RECIPES
 
@@ -149,3 +150,25 @@ def test_plan_json_is_the_documented_shape(plan_of):
     doc = json.loads(plan.to_json())
     for entry in doc["processes"]:
         assert {"name", "role", "worker_type", "argv", "env", "gpus", "node", "ports", "health_url"} <= set(entry)
+
+
+def test_added_replicas_get_free_gpus_and_unused_ports(plan_of):
+    from orchestrator.plan.build import add_replicas
+    from tests.support import compose_config
+
+    cfg = compose_config("+recipe=llama8b_kv_router", "engine=mock")
+    plan = plan_of("+recipe=llama8b_kv_router", "engine=mock")
+    more = add_replicas(cfg, plan, "agg", 3)
+    assert [p.name for p in more] == ["agg-4", "agg-5", "agg-6"]
+    taken = {(p.node, g) for p in plan.processes for g in p.gpus}
+    assert not taken & {(p.node, g) for p in more for g in p.gpus} and len({g for p in more for g in p.gpus}) == 3
+    used = all_ports(plan)
+    assert not set(used) & set(all_ports(type(plan)(plan.run_dir, tuple(more), {}, plan.url, plan.served_name)))
+    with pytest.raises(ConfigError, match="no node has 1 free"):
+        add_replicas(cfg, plan, "agg", 5)
+
+
+def test_multi_node_leaders_list_their_rendezvous_port(plan_of):
+    plan = plan_of("+recipe=deepseek_r1_disagg_dp", "engine=mock")
+    leader = next(p for p in plan.processes if p.name == "decode-0")
+    assert flag(leader.argv, "--dist-init-addr").endswith(f":{leader.ports['dist_init']}")
