@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -87,3 +88,11 @@ class ManagedProcess:
 
 def worker_argv(model_dir: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.worker", "--model-path", model_dir, *extra]
+
+
+def port_bases() -> tuple[int, int]:
+    """(ports.base, ports.sglang_base) for one deployment under test: random, so tests
+    don't share ports, and below Linux's ephemeral range (32768 and up), where any
+    outgoing connection may be holding a port."""
+    base = random.randrange(20000, 25800, 200)
+    return base, base + 4000

@@ -266,9 +266,7 @@ class Supervisor:
                 await p.child.start()
             return {"message": f"{group}: starting {', '.join(s.name for s in specs)}"}
         leaving = [p for p in members if p.child.spec.replica in current[wanted:]]
-        for p in leaving:
-            p.set(State.draining)
-        await asyncio.gather(*(p.child.stop(self.config.drain_timeout_s + self.config.stop_timeout_s) for p in leaving))
+        await self._drain(leaving)
         self.procs = [p for p in self.procs if p not in leaving]
         return {"message": f"{group}: stopped {', '.join(p.child.spec.name for p in leaving) or 'nothing'}"}
 
@@ -277,9 +275,10 @@ class Supervisor:
         return {"message": "stopping"}
 
     async def _rolling_restarts(self) -> None:
-        """One replica at a time: it drains (its GPUs are in use, so it goes first), then
-        its replacement starts on the same GPUs and ports and must be healthy before the
-        next replica goes. Requests in flight finish, or migrate through the frontend."""
+        """One replica at a time, losing no request. Where the cluster has room for one more
+        replica, its replacement starts on free GPUs first and the old one drains once the
+        new one is healthy; otherwise the old one drains first and the replacement takes its
+        GPUs and ports. Requests in flight finish, or migrate through the frontend."""
         while True:
             group = await self._restarts.get()
             replicas: dict[tuple, list[Managed]] = collections.defaultdict(list)
@@ -288,19 +287,38 @@ class Supervisor:
                 if spec.role is Role.worker and group in ("all", spec.group):
                     replicas[(spec.group, spec.replica)].append(p)
             log.info("rolling restart of %s: %d replicas", group, len(replicas))
-            for (name, replica), members in replicas.items():
+            for (name, replica), old in replicas.items():
                 t0 = time.monotonic()
-                for p in members:
-                    p.set(State.draining)
-                await asyncio.gather(*(p.child.stop(self.config.drain_timeout_s + self.config.stop_timeout_s)
-                                       for p in members))
-                for p in members:
-                    await p.child.start()
-                    p.set(State.starting)
-                deadline = time.monotonic() + self.config.start_timeout_s
-                while any(p.state is not State.ready for p in members) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.2)  # the supervise loop marks them ready
-                log.info("replica %s-%d restarted in %.1fs", name, replica, time.monotonic() - t0)
+                plan = dataclasses.replace(self.plan, processes=tuple(p.child.spec for p in self.procs))
+                try:
+                    spare = add_replicas(self.launch_config, plan, name, 1)
+                except ConfigError:
+                    spare = None
+                if spare:
+                    new = [Managed(Child(spec, self.plan.run_dir)) for spec in spare]
+                    self.procs[self.procs.index(old[0]):self.procs.index(old[0])] = new
+                    await self._start_and_wait(new)
+                    await self._drain(old)
+                    self.procs = [p for p in self.procs if p not in old]
+                else:
+                    await self._drain(old)
+                    await self._start_and_wait(old)
+                log.info("replica %s-%d %s in %.1fs", name, replica,
+                         "replaced on spare GPUs" if spare else "restarted in place", time.monotonic() - t0)
+
+    async def _drain(self, members: list[Managed]) -> None:
+        for p in members:
+            p.set(State.draining)
+        await asyncio.gather(*(p.child.stop(self.config.drain_timeout_s + self.config.stop_timeout_s)
+                               for p in members))
+
+    async def _start_and_wait(self, members: list[Managed]) -> None:
+        for p in members:
+            await p.child.start()
+            p.set(State.starting)
+        deadline = time.monotonic() + self.config.start_timeout_s
+        while any(p.state is not State.ready for p in members) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)  # the supervise loop marks them ready
 
     async def _healthy(self, p: Managed) -> bool:
         try:

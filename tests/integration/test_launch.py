@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from tests.integration.frontend_support import client, wait_instances
 from orchestrator.roles import RouterMode, WorkerType
-from tests.managed import free_port
+from tests.managed import free_port, port_bases
 from tests.support import RECIPES, compose_config
 
 pytestmark = pytest.mark.slow
@@ -28,10 +27,10 @@ class Launch:
     """`dynamo-launch` in its own session, on ports no other test uses."""
 
     def __init__(self, tmp_path: Path, *overrides: str):
-        self.port, base = free_port(), random.randrange(21000, 39000, 500)
+        self.port, (base, sglang_base) = free_port(), port_bases()
         self.run_dir = tmp_path / "run"
         self.argv = [DYNAMO_LAUNCH, *overrides, f"frontend.port={self.port}", f"ports.base={base}",
-                     f"ports.sglang_base={base + 20000}", f"hydra.run.dir={self.run_dir}",
+                     f"ports.sglang_base={sglang_base}", f"hydra.run.dir={self.run_dir}",
                      "engine.mock.speedup_ratio=100", "supervisor.health_interval_s=0.3",
                      "supervisor.restart.backoff_initial_s=0.2"]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -285,3 +284,18 @@ def test_scale_up_and_down_changes_what_the_frontend_routes_to(tmp_path):
         wait_instances(launch.url, "tiny", 1)
         assert client(launch.url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=4).choices
         assert len(worker_pids(launch)) == 1
+
+
+def test_rolling_restart_starts_replacements_first_where_gpus_are_spare(tmp_path):
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "cluster.gpus_per_node=3",
+                "frontend.migration_limit=3") as launch:
+        launch.wait_ready()
+        assert ctl(launch, "restart", "agg").returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "replaced on spare GPUs" not in launch.log().split("rolling restart")[-1]:
+            time.sleep(0.2)
+        while time.monotonic() < deadline and launch.log().count("replaced on spare GPUs") < 2:
+            time.sleep(0.2)
+        names = [p["name"] for p in json.loads(ctl(launch, "status", "--json").stdout)["processes"]]
+        assert names == ["agg-2", "agg-3", "frontend"], "each old replica gave way to one started beside it"
+        assert client(launch.url).chat.completions.create(model="tiny", messages=HELLO, max_tokens=4).choices

@@ -16,18 +16,18 @@ import pytest
 
 from orchestrator.planes import messages as m
 from tests.integration.worker_support import collect, records, request, tokens_of
-from tests.managed import ManagedProcess
+from tests.managed import ManagedProcess, port_bases
 from tests.support import RECIPES
 
 pytestmark = pytest.mark.slow
 
 
 def plan_json(recipe: str, run_dir: Path) -> dict:
-    base = random.randrange(21000, 39000, 500)
+    base, sglang_base = port_bases()
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dynamo-launch"), f"+recipe={recipe}", "engine=mock", "dry_run=json",
-         "engine.mock.speedup_ratio=100", f"ports.base={base}", f"ports.sglang_base={base + 20000}",
-         f"frontend.port={base + 499}", f"hydra.run.dir={run_dir}"],
+         "engine.mock.speedup_ratio=100", f"ports.base={base}", f"ports.sglang_base={sglang_base}",
+         f"frontend.port={base + 199}", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr

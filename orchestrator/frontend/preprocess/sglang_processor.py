@@ -106,7 +106,7 @@ class SGLangChatProcessor:
     first chat request and stay. Single-threaded, like the event loop that calls it."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple[str, str], _ModelChat] = {}
+        self._models: dict[tuple[str, str, str | None], _ModelChat] = {}
 
     @classmethod
     def load(cls) -> SGLangChatProcessor:
@@ -158,7 +158,7 @@ class SGLangChatProcessor:
         return lambda: SGLangToolCalls(new)
 
     def _chat(self, model: Model) -> _ModelChat:
-        key = (model.card.tokenizer_path, model.card.model_path)
+        key = (model.card.tokenizer_path, model.card.model_path, model.card.tool_call_parser)
         chat = self._models.get(key)
         if chat is None:
             chat = self._models[key] = _ModelChat.load(model)

@@ -148,12 +148,21 @@ def test_plain_chats_render_to_the_frontends_own_ids(sgl, messages):
     assert sgl.render(model(), chat(messages)) == default_ids(messages)
 
 
+def sglang_dump(tool: dict) -> dict:
+    """A tool as SGLang 0.5.23's `Tool.model_dump()` hands it to the template: the keys
+    given, in their order, then `description: null` when none was given, and the tool's
+    own `defer_loading: null`."""
+    function = dict(tool["function"])
+    function.setdefault("description", None)
+    return {**tool, "function": function, "defer_loading": None}
+
+
 def test_tools_render_as_sglang_dumps_them(sgl):
-    """The only difference from the frontend's own rendering: SGLang 0.5.23 dumps each
-    tool with `defer_loading: null`, and this template prints tools whole."""
+    """The one difference from the frontend's own rendering: the tools SGLang hands the
+    template carry keys the client never sent, and this template prints tools whole."""
     messages = CONVERSATIONS[1]
     ids = sgl.render(model(), chat(messages, tools=[WEATHER, TIME]))
-    assert ids == default_ids(messages, [{**WEATHER, "defer_loading": None}, {**TIME, "defer_loading": None}])
+    assert ids == default_ids(messages, [sglang_dump(WEATHER), sglang_dump(TIME)])
     assert ids != default_ids(messages, [WEATHER, TIME])
 
 
@@ -163,13 +172,28 @@ def test_tool_choice_decides_which_tools_the_template_sees(sgl):
     named = sgl.render(model(), chat(messages, tools=[WEATHER, TIME],
                                      tool_choice={"type": "function", "function": {"name": "get_time"}}))
     assert none == default_ids(messages)
-    assert named == default_ids(messages, [{**TIME, "defer_loading": None}])
+    assert named == default_ids(messages, [sglang_dump(TIME)])
 
 
-def test_a_template_error_is_a_bad_request(sgl):
-    with pytest.raises(errors.RequestError) as e:
-        sgl.render(model(), chat([{"role": "user", "content": "hi"}], chat_template_kwargs={"tokenize": True}))
-    assert e.value.status == 400
+def test_a_template_that_refuses_the_messages_is_a_bad_request(sgl, tmp_path):
+    config = json.loads((TINY / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ raise_exception('one message at most') if messages | length > 1 }}{{ bos_token }}"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "config.json"):
+        (tmp_path / name).symlink_to(TINY / name)
+    strict = Model("strict", ModelCard(served_name="strict", model_path=str(tmp_path), tokenizer_path=str(tmp_path),
+                                       context_length=8192, kv_block_size=16, model_types=["chat"]),
+                   ModelTokenizer.load(tmp_path))
+    assert sgl.render(strict, chat(CONVERSATIONS[0])) == [0]
+    with pytest.raises(errors.RequestError, match="one message at most") as e:
+        sgl.render(strict, chat(CONVERSATIONS[1]))
+    assert (e.value.status, e.value.param) == (400, "messages")
+
+
+def test_a_model_sglang_renders_with_its_own_encoder_is_refused_by_name(sgl):
+    with pytest.raises(errors.RequestError, match="'dsv32' encoder") as e:
+        sgl.render(model(tool_call_parser="deepseekv32"), chat(CONVERSATIONS[0]))
+    assert e.value.status == 500 and "--dyn-chat-processor dynamo" in str(e.value)
 
 
 @pytest.fixture(scope="module")
