@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.frontend_support import client, frontend, metric_value, wait_instances
 from tests.integration.worker_support import worker
+from tests.managed import free_port
 
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
@@ -268,3 +269,18 @@ def test_least_loaded_routes_around_a_busy_worker_and_sees_its_reported_load(tmp
         served = [metric_value(u, "dynamo_component_requests_total") for u in (a_url, b_url)]
         long.close()
     assert sorted(served)[1] - sorted(served)[0] >= 2, "the short requests went to the idle worker"
+
+
+def test_disaggregated_chat_runs_both_legs(tmp_path):
+    bootstrap = free_port()
+    with worker(tmp_path, "p", "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(bootstrap)) \
+            as (_, prefill_url), worker(tmp_path, "d", "--disaggregation-mode", "decode") as (_, decode_url), \
+            frontend(tmp_path, instances=2) as (_, url):
+        c = client(url)
+        kw = dict(model="tiny", messages=HELLO, max_tokens=12, temperature=0, extra_body={"ignore_eos": True})
+        unary = c.chat.completions.create(**kw)
+        pieces, _ = stream_chat(c, **kw)
+        assert unary.usage.completion_tokens == 12 and "".join(pieces) == unary.choices[0].message.content
+        assert metric_value(prefill_url, "sglang:prompt_tokens_total") >= 2 * unary.usage.prompt_tokens
+        assert metric_value(decode_url, "sglang:generation_tokens_total") >= 2 * 12
+        assert metric_value(prefill_url, "sglang:num_running_reqs") == metric_value(decode_url, "sglang:num_running_reqs") == 0

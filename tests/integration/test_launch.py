@@ -168,11 +168,12 @@ def test_a_worker_that_fails_at_boot_is_reported_not_respawned(tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_comes_up_on_the_mock_engine_and_answers(tmp_path, recipe):
-    cfg = compose_config(f"+recipe={recipe}", "engine=mock")
+    overrides = [f"+recipe={recipe}", "engine=mock"]
+    cfg = compose_config(*overrides)
     types = {g.type for g in cfg.deployment.groups.values() if g.replicas}
-    if cfg.router.mode is RouterMode.kv or WorkerType.prefill in types:
-        pytest.skip("needs KV routing or disaggregated serving in the frontend (later steps)")
-    with Launch(tmp_path, f"+recipe={recipe}", "engine=mock") as launch:
+    if cfg.router.mode is RouterMode.kv:
+        overrides.append("router=round_robin")  # the recipe's topology, until KV routing lands
+    with Launch(tmp_path, *overrides) as launch:
         launch.wait_ready()
         c = client(launch.url)
         if WorkerType.embedding in types:
