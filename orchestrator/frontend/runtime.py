@@ -21,6 +21,7 @@ from orchestrator.frontend.models import ModelRegistry
 from orchestrator.frontend.server import FrontendServer
 from orchestrator.metrics import FrontendMetrics
 from orchestrator.planes.discovery import open_discovery
+from orchestrator.roles import ChatProcessor
 from orchestrator.router import make_router
 from orchestrator.signals import Shutdown
 
@@ -37,7 +38,12 @@ async def run_frontend(args: FrontendArgs) -> int:
         args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
     )
     async with discovery, ModelRegistry() as models:
-        server = FrontendServer(args.http_host, args.http_port, models, dispatcher, registry, metrics)
+        sglang = None
+        if args.chat_processor is ChatProcessor.sglang:
+            from orchestrator.frontend.preprocess.sglang_processor import SGLangChatProcessor
+
+            sglang = SGLangChatProcessor.load()
+        server = FrontendServer(args.http_host, args.http_port, models, dispatcher, registry, metrics, sglang)
         load = LoadListener(models)
         try:
             async with asyncio.TaskGroup() as tasks:

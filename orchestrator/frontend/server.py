@@ -34,8 +34,9 @@ BODY_LIMIT = 64 * 1024 * 1024
 
 class FrontendServer:
     def __init__(self, host: str, port: int, models: ModelRegistry, dispatcher: Dispatcher,
-                 registry: CollectorRegistry, metrics: FrontendMetrics):
+                 registry: CollectorRegistry, metrics: FrontendMetrics, sglang=None):
         self.host, self.port = host, port
+        self.sglang = sglang  # SGLang's chat processor (--dyn-chat-processor sglang), or our own
         self.models, self.dispatcher, self.registry, self.metrics = models, dispatcher, registry, metrics
         self.shutting_down = False
         app = web.Application(client_max_size=BODY_LIMIT, middlewares=[self._errors])
@@ -81,7 +82,7 @@ class FrontendServer:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         req = parse_chat(await _body(request))
         model = h.model_of(self.models, req.model)
-        jobs, prompt = h.chat_jobs(model, req)
+        jobs, prompt = h.chat_jobs(model, req, self.sglang)
         return await self._generate(request, "chat_completions", model, req, jobs, [len(prompt)])
 
     async def completions(self, request: web.Request) -> web.StreamResponse:

@@ -36,10 +36,15 @@ Behaviour that differs from the frontend's own processing, all SGLang's:
   that does not ask to continue it); history tool-call arguments are parsed to objects.
 - Parser names are SGLang's (`hermes`, `qwen25`, `deepseek-r1`, `qwen3`, ...); Dynamo's
   `deepseek_r1` is taken as SGLang's `deepseek-r1`. SGLang keeps reasoning and content
-  untrimmed, serializes arguments with `json.dumps` spacing, drops calls to tools the
-  request did not offer, and leaves an unparseable block out of the content.
+  untrimmed and serializes arguments with `json.dumps` spacing. Its streaming sends a
+  call's name as soon as it parses: a block whose JSON never completes still yields the
+  call (with what arguments parsed) and the text after it is lost; a call to a tool the
+  request did not offer is dropped and the rest of its block stays in the content; a
+  possible tag prefix at the very end of the output is dropped.
 - `tool_choice: required` or a named function: SGLang would constrain the output to a
   JSON array; no constraint reaches the worker here, so the model's own format is parsed.
+- Detokenization stays the frontend's. SGLang keeps special tokens in the text while it
+  parses tool calls (for formats whose markers are special tokens); the frontend skips them.
 """
 
 from __future__ import annotations
