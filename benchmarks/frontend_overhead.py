@@ -73,6 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if "peer" in args.sides and not args.peer_python:
         p.error("--peer-python (or PEER_PYTHON) is required to run the peer side")
+    needed = {"ours": args.ours_python, "peer": args.peer_python}
+    for python in [args.load_python] + [needed[side] for side in args.sides]:
+        if not os.access(python, os.X_OK):
+            p.error(f"{python} is not an executable python")
     return args
 
 
@@ -84,7 +88,7 @@ def free_port() -> int:
 
 def wait_idle(max_busy: float, max_wait: float, window: float = 3.0) -> dict:
     """Sample machine CPU use until it is at most `max_busy`; report what was seen."""
-    started = time.monotonic()
+    started = last_said = time.monotonic()
     while True:
         b0, t0 = machine_cpu()
         time.sleep(window)
@@ -94,7 +98,9 @@ def wait_idle(max_busy: float, max_wait: float, window: float = 3.0) -> dict:
         if busy <= max_busy or waited >= max_wait:
             return {"busy_fraction": round(busy, 3), "loadavg": os.getloadavg(), "waited_s": round(waited, 1),
                     "idle": busy <= max_busy}
-        print(f"  machine {busy:.0%} busy (load average {os.getloadavg()[0]:.2f}); waiting", flush=True)
+        if time.monotonic() - last_said >= 30 or waited <= window + 0.5:
+            last_said = time.monotonic()
+            print(f"  machine {busy:.0%} busy (load average {os.getloadavg()[0]:.2f}); waiting", flush=True)
 
 
 def warmup_for(concurrency: int) -> int:

@@ -3,8 +3,9 @@
 Runs as its own process (the benchmark launches it once per measurement), so its CPU
 use is visible and separate from the server's. `concurrency` clients each send one
 streamed chat completion at a time until `requests` have completed after a warm-up.
-Per request it records the time to the first chunk carrying content (TTFT), the gaps
-between content chunks (ITL), and the end-to-end time. Connections are either kept
+Per request it records the time to the first chunk carrying content (TTFT; the finish
+chunk when no token decoded to text), the gaps between content chunks (ITL), and the
+end-to-end time. Connections are either kept
 alive (one pooled session) or fresh (a new TCP connection per request, closed after).
 
 Prints one JSON object on stdout: throughput, percentiles in milliseconds, errors.
@@ -50,6 +51,7 @@ def body(model: str, i: int, max_tokens: int) -> dict:
 async def one(session: aiohttp.ClientSession, url: str, payload: dict, max_tokens: int, timeout: float) -> dict:
     """Send one request; return its timings in seconds, or an `error` key."""
     started = time.perf_counter()
+    first: float | None = None  # a token that decodes to nothing still ends TTFT with the finish chunk
     arrivals: list[float] = []
     completion_tokens = None
     done = False
@@ -69,17 +71,20 @@ async def one(session: aiohttp.ClientSession, url: str, payload: dict, max_token
                     return {"error": "error event"}
                 if event.get("usage"):
                     completion_tokens = event["usage"].get("completion_tokens")
-                if any(c.get("delta", {}).get("content") for c in event.get("choices", ())):
-                    arrivals.append(time.perf_counter())
+                now, choices = time.perf_counter(), event.get("choices", ())
+                if any(c.get("delta", {}).get("content") for c in choices):
+                    arrivals.append(now)
+                if first is None and (arrivals or any(c.get("finish_reason") for c in choices)):
+                    first = now
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
         return {"error": type(e).__name__}
     end = time.perf_counter()
-    if not done or not arrivals:
+    if not done or first is None:
         return {"error": "incomplete stream"}
     if completion_tokens != max_tokens:
         return {"error": f"completion_tokens {completion_tokens}"}
     itl = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    return {"ttft": arrivals[0] - started, "itl": itl, "e2e": end - started}
+    return {"ttft": first - started, "itl": itl, "e2e": end - started}
 
 
 def percentile(values: list[float], q: float) -> float | None:

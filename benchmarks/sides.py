@@ -34,6 +34,8 @@ class BenchError(Exception):
 
 @dataclass
 class Side:
+    """What to start for one system under test: argv lists and extra environment."""
+
     name: str
     frontend: list[str]  # full argv
     workers: list[list[str]]
@@ -101,6 +103,9 @@ def generate_instances(health: dict | None) -> int:
 
 
 class Fleet:
+    """One side's processes. `with Fleet(...)`: started and ready inside the block (or
+    `BenchError`), every process group terminated, killed if need be, and reaped after it."""
+
     def __init__(self, side: Side, url: str, model: str, log_dir: Path, ready_timeout: float):
         self.side, self.url, self.model = side, url, model
         self.log_dir, self.ready_timeout = log_dir, ready_timeout
@@ -126,6 +131,8 @@ class Fleet:
         try:
             return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **self.side.env}, start_new_session=True)
+        except OSError as e:
+            raise BenchError(f"{self.side.name}: cannot start {argv[0]}: {e}") from None
         finally:
             log.close()  # the child holds its own descriptor
 

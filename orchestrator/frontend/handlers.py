@@ -35,16 +35,18 @@ class Choices:
     """The n choices of one generation request, run concurrently; deltas tagged by index."""
 
     def __init__(self, dispatcher: Dispatcher, model: Model, metrics: FrontendMetrics):
-        self.dispatcher, self.model, self.metrics = dispatcher, model, metrics
+        self.dispatcher, self.model = dispatcher, model
+        self._queued = metrics.queued.labels(model=model.name)  # looked up once, used per token
+        self._itl = metrics.itl.labels(model=model.name)
         self.first_token: float | None = None
         self._last_token: float | None = None
 
     def _on_token(self, now: float, count: int) -> None:
         if self.first_token is None:
             self.first_token = now
-            self.metrics.queued.labels(model=self.model.name).dec()
+            self._queued.dec()
         elif self._last_token is not None and count:
-            self.metrics.itl.labels(model=self.model.name).observe((now - self._last_token) / count)
+            self._itl.observe((now - self._last_token) / count)
         self._last_token = now
 
     async def run(self, jobs: list[tuple[int, m.GenerateRequest, ChoiceOptions]]) -> AsyncIterator[tuple[int, Delta]]:
@@ -55,7 +57,7 @@ class Choices:
             async for delta in choice_stream(self.dispatcher, self.model, request, options, self._on_token):
                 await queue.put((index, delta))
 
-        self.metrics.queued.labels(model=self.model.name).inc()
+        self._queued.inc()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(one(*job)) for job in jobs]
@@ -68,7 +70,7 @@ class Choices:
             raise group_error.exceptions[0] from None
         finally:
             if self.first_token is None:
-                self.metrics.queued.labels(model=self.model.name).dec()
+                self._queued.dec()
 
 
 async def _when_all(tasks, queue: asyncio.Queue, done) -> None:

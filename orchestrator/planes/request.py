@@ -177,9 +177,11 @@ class RequestClient:
             await self._socket.send(m.encode(request))
             while True:
                 reply = await queue.get()
+                # The worker is done once its last reply is here, even if the consumer
+                # stops reading right after it: no cancel is owed then.
+                finished = not isinstance(reply, m.Chunk) or reply.finish_reason is not None
                 yield reply
-                if not isinstance(reply, m.Chunk) or reply.finish_reason is not None:
-                    finished = True
+                if finished:
                     return
         finally:
             del self._streams[request.request_id]
@@ -205,10 +207,15 @@ class RequestClient:
 
     async def _read(self) -> None:
         while True:
-            reply = m.decode_from_worker(await self._socket.recv())
-            queue = self._streams.get(reply.request_id)
-            if queue is not None:  # replies to a request already given up are dropped
-                queue.put_nowait(reply)
+            frames = [await self._socket.recv()]
+            with contextlib.suppress(zmq.Again):  # take what is already queued without awaiting each
+                while len(frames) < 256:
+                    frames.append(self._socket.recv(zmq.NOBLOCK).result())
+            for frame in frames:
+                reply = m.decode_from_worker(frame)
+                queue = self._streams.get(reply.request_id)
+                if queue is not None:  # replies to a request already given up are dropped
+                    queue.put_nowait(reply)
 
     async def _watch(self) -> None:
         while True:

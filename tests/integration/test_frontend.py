@@ -284,3 +284,4 @@ def test_disaggregated_chat_runs_both_legs(tmp_path):
         assert metric_value(prefill_url, "sglang:prompt_tokens_total") >= 2 * unary.usage.prompt_tokens
         assert metric_value(decode_url, "sglang:generation_tokens_total") >= 2 * 12
         assert metric_value(prefill_url, "sglang:num_running_reqs") == metric_value(decode_url, "sglang:num_running_reqs") == 0
+
