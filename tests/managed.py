@@ -96,3 +96,17 @@ def port_bases() -> tuple[int, int]:
     outgoing connection may be holding a port."""
     base = random.randrange(20000, 25800, 200)
     return base, base + 4000
+
+
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A free port whose successor is free too (the base of two DP ranks' streams)."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind((host, 0))
+            base = a.getsockname()[1]
+            try:
+                b.bind((host, base + 1))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError("no two consecutive free ports")

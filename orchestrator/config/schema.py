@@ -27,10 +27,6 @@ class DType(str, Enum):
     fp8 = "fp8"
     fp4 = "fp4"
 
-    @property
-    def nbytes(self) -> float:
-        return {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5}[self.value]
-
 
 @dataclass
 class ModelConfig:

@@ -142,10 +142,11 @@ def parse_worker_args(argv: list[str], environ: Mapping[str, str] | None = None)
     finally:
         if ours.disagg_config:
             Path(sglang_argv[sglang_argv.index("--config") + 1]).unlink(missing_ok=True)
+    worker_type = _worker_type(server_args, ours.embedding_worker)
     return WorkerArgs(
-        worker_type=_worker_type(server_args, ours.embedding_worker),
+        worker_type=worker_type,
         namespace=ours.namespace,
-        component=ours.component or _default_component(_worker_type(server_args, ours.embedding_worker)),
+        component=ours.component or _default_component(worker_type),
         endpoint=ours.endpoint,
         engine=EngineKind(ours.engine),
         request_port=ours.request_port,

@@ -18,23 +18,11 @@ from orchestrator.engine.sglang_kv_events import (
     decode_seq,
     encode_seq,
 )
+from tests.managed import free_port_pair
 
 HOST = "127.0.0.1"
 WAIT_MS = 5000
 
-
-def free_port_pair() -> int:
-    """A base port with base + 1 free as well (two DP ranks)."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind((HOST, 0))
-            base = a.getsockname()[1]
-            try:
-                b.bind((HOST, base + 1))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 def stored(*hashes: int) -> BlockStored:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import socket
 import struct
 import time
 
@@ -19,6 +18,7 @@ import zmq
 from orchestrator.engine import sglang_kv_events as ours
 from orchestrator.engine.mock.publisher import KvEventPublisher
 from tests.sglang_cpu import import_sglang, use_gxx_extension_builder
+from tests.managed import free_port_pair
 
 HOST = "127.0.0.1"
 WAIT_MS = 5000
@@ -48,18 +48,6 @@ def native_hash(tmp_path_factory):
         pytest.skip(f"SGLang's hash_binding.cpp does not build here: {exc.__cause__}")
     return module
 
-
-def free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind((HOST, 0))
-            base = a.getsockname()[1]
-            try:
-                b.bind((HOST, base + 1))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 def subscribe(endpoint: str) -> zmq.Socket:
