@@ -80,3 +80,44 @@ class FrontendMetrics:
                                      registry=registry)
         self.migrations = Counter("dynamo_frontend_model_migration", "Requests moved to another worker",
                                   (*model, "migration_type"), registry=registry)
+
+
+class KvRelayMetrics:
+    """A worker's KV relay (`dynamo_component_kv_*`): engine events by type and what
+    became of them, and engine batches lost for good."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.events = Counter("dynamo_component_kv_events", "Engine KV events relayed, by type and status",
+                              ("event_type", "status"), registry=registry)
+        self.dropped = Counter("dynamo_component_kv_publisher_engines_dropped_events",
+                               "Engine KV event batches missed and no longer replayable", registry=registry)
+        for event_type in ("stored", "removed", "cleared"):
+            self.events.labels(event_type=event_type, status="ok")  # present from the start, at 0
+
+
+class RouterMetrics:
+    """The KV router (`dynamo_router_*`): how much of each prompt was found cached where
+    it went, how long deciding took, and the KV events its index applied."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.decision = Histogram("dynamo_router_decision_seconds", "Time to choose a worker (hashing included)",
+                                  buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1), registry=registry)
+        self.hit_rate = Histogram("dynamo_router_kv_hit_rate", "Fraction of the prompt's blocks cached on the chosen worker",
+                                  buckets=(0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1), registry=registry)
+        self.overlap = Histogram("dynamo_router_overlap_blocks", "Prompt blocks cached on the chosen worker",
+                                 buckets=TOKEN_BUCKETS, registry=registry)
+        self.events = Counter("dynamo_router_kv_cache_events_applied", "KV events applied to the index",
+                              ("event_type", "status"), registry=registry)
+        self.syncs = Counter("dynamo_router_kv_syncs", "Index resynchronisations with a worker (range, snapshot, failed)",
+                             ("kind",), registry=registry)
+        for event_type, status in (("stored", "ok"), ("removed", "ok"), ("removed", "block_not_found"),
+                                   ("cleared", "ok")):
+            self.events.labels(event_type=event_type, status=status)  # present from the start, at 0
+        for kind in ("range", "snapshot", "failed"):
+            self.syncs.labels(kind=kind)
+
+    def routed(self, seconds: float, overlap: int, blocks: int) -> None:
+        self.decision.observe(seconds)
+        self.overlap.observe(overlap)
+        if blocks:
+            self.hit_rate.observe(overlap / blocks)

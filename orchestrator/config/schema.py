@@ -108,6 +108,10 @@ class RouterConfig:
     overlap_score_weight: float = 1.0
     temperature: float = 0.0
     use_kv_events: bool = True  # false: approximate mode, routed prefixes assumed cached
+    ttl_s: float = 120.0  # approximate mode: how long a routed prefix counts as cached
+    busy_kv_usage: float = 1.0  # a DP rank using more of its KV pool than this is busy
+    busy_prefill_tokens: int = 10_000_000  # ... or with more prompt tokens queued
+    busy_policy: str = "reject"  # reject (503) | queue, when every worker is busy
 
 
 @dataclass

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Mapping
 
 from orchestrator.envflags import env_flag_adder
-from orchestrator.errors import ConfigError
 from orchestrator.roles import ChatProcessor, RouterMode
 
 FRONTEND_ENV_NAMES = {
@@ -20,6 +19,10 @@ FRONTEND_ENV_NAMES = {
     "router-kv-overlap-score-weight": "DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT",
     "router-temperature": "DYN_ROUTER_TEMPERATURE",
     "router-kv-events": "DYN_ROUTER_KV_EVENTS",
+    "router-ttl-secs": "DYN_ROUTER_TTL_SECS",
+    "active-decode-blocks-threshold": "DYN_ACTIVE_DECODE_BLOCKS_THRESHOLD",
+    "active-prefill-tokens-threshold": "DYN_ACTIVE_PREFILL_TOKENS_THRESHOLD",
+    "router-busy-policy": "DYN_ROUTER_BUSY_POLICY",
 }
 
 
@@ -32,6 +35,10 @@ class FrontendArgs:
     router_kv_overlap_score_weight: float
     router_temperature: float
     router_kv_events: bool
+    router_ttl_secs: float
+    active_decode_blocks_threshold: float
+    active_prefill_tokens_threshold: int
+    router_busy_policy: str
     migration_limit: int
     chat_processor: ChatProcessor
     discovery_backend: str
@@ -51,6 +58,13 @@ def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = Non
     a("router-kv-overlap-score-weight", type=float, default=1.0)
     a("router-temperature", type=float, default=0.0)
     a("router-kv-events", flag=True, default=True, help="off: approximate KV routing")
+    a("router-ttl-secs", type=float, default=120.0, help="approximate mode: how long a routed prefix counts as cached")
+    a("active-decode-blocks-threshold", type=float, default=1.0,
+      help="a DP rank using more than this fraction of its KV pool is busy")
+    a("active-prefill-tokens-threshold", type=int, default=10_000_000,
+      help="a DP rank with more prompt tokens queued than this is busy")
+    a("router-busy-policy", default="reject", choices=["reject", "queue"],
+      help="when every worker is busy: answer 503, or wait for one to free up")
     a("migration-limit", type=int, default=0, help="times a request may move to another worker")
     a("dyn-chat-processor", default=ChatProcessor.dynamo.value, choices=[c.value for c in ChatProcessor])
     a("discovery-backend", default="file", choices=["file", "etcd"])
@@ -67,6 +81,10 @@ def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = Non
         router_kv_overlap_score_weight=ns.router_kv_overlap_score_weight,
         router_temperature=ns.router_temperature,
         router_kv_events=ns.router_kv_events,
+        router_ttl_secs=ns.router_ttl_secs,
+        active_decode_blocks_threshold=ns.active_decode_blocks_threshold,
+        active_prefill_tokens_threshold=ns.active_prefill_tokens_threshold,
+        router_busy_policy=ns.router_busy_policy,
         migration_limit=ns.migration_limit,
         chat_processor=ChatProcessor(ns.dyn_chat_processor),
         discovery_backend=ns.discovery_backend,
@@ -78,9 +96,6 @@ def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = Non
 
 def _check_available(ns: argparse.Namespace) -> None:
     """Refuse, by name, what this frontend cannot do rather than quietly doing something else."""
-    if ns.router_mode == RouterMode.kv.value:
-        raise ConfigError("--router-mode", "kv routing is not available in this build",
-                          "use round-robin, random or least-loaded")
     if ns.dyn_chat_processor == ChatProcessor.sglang.value:
         from orchestrator.frontend.preprocess.sglang_processor import require_sglang
 

@@ -6,6 +6,13 @@ and the migration limit allows, the request is sent to another worker with the p
 plus every token generated so far and the token budget reduced; the caller sees one
 continuous stream, with usage counted against the original prompt. Other errors end
 the generation with the HTTP status they deserve.
+
+Each leg is placed on one rank of one worker: the router's choice, with the DP rank
+passed on to the worker when the router chooses ranks. Until the leg ends, the rank
+counts it (its uncached prompt tokens until the first token comes back, its KV blocks
+until the end), which is the load the KV router weighs. When every candidate is over
+its busy threshold the request is refused with 503, or waits for load to drop when the
+busy policy says queue.
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from typing import AsyncIterator
 
 import msgspec
 
-from orchestrator.frontend.models import GENERATING, Instance, Model
+from orchestrator.frontend.models import GENERATING, Instance, Model, RankState
 from orchestrator.metrics import FrontendMetrics
 from orchestrator.planes import messages as m
 from orchestrator.roles import WorkerType
-from orchestrator.router import Candidate, Router
+from orchestrator.router import Candidate, Router, RouterBusy
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +42,46 @@ class GenerationError(Exception):
         self.status = status
 
 
+class Placement:
+    """One leg on one rank of one worker, counted in that rank's load until `release()`
+    (which may be called more than once)."""
+
+    def __init__(self, instance: Instance, candidate: Candidate, tokens: int, page_size: int):
+        self.instance, self.dp_rank = instance, candidate.dp_rank
+        self._rank: RankState = instance.rank(candidate.dp_rank or 0)
+        self._prefill = max(0, tokens - candidate.overlap_blocks * page_size)
+        self._blocks = -(-tokens // max(page_size, 1))
+        instance.inflight += 1
+        self._rank.inflight += 1
+        self._rank.prefill_tokens += self._prefill
+        self._rank.decode_blocks += self._blocks
+        self._released = False
+
+    def prefilled(self) -> None:
+        self._rank.prefill_tokens -= self._prefill
+        self._prefill = 0
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.prefilled()
+        self._rank.decode_blocks -= self._blocks
+        self._rank.inflight -= 1
+        self.instance.inflight -= 1
+
+
 class Dispatcher:
-    def __init__(self, router: Router, migration_limit: int, metrics: FrontendMetrics):
+    def __init__(self, router: Router, migration_limit: int, metrics: FrontendMetrics,
+                 queue_when_busy: bool = False, busy_timeout_s: float = 60.0):
         self.router, self.migration_limit, self.metrics = router, migration_limit, metrics
+        self.queue_when_busy, self.busy_timeout_s = queue_when_busy, busy_timeout_s
+        self._load_changed = asyncio.Event()
+
+    def load_changed(self) -> None:
+        """Wake the requests queued while every worker was busy (a load report came, a leg ended)."""
+        self._load_changed.set()
+        self._load_changed = asyncio.Event()
 
     async def generate(self, model: Model, request: m.GenerateRequest) -> AsyncIterator[m.Chunk]:
         prompt, budget = list(request.token_ids), request.stop
@@ -84,38 +128,51 @@ class Dispatcher:
 
     async def _aggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
         """One leg: (instance, reply) pairs from an aggregated (or decode-only) worker."""
-        instance = self._choose(model, GENERATING, request.token_ids, failed)
-        instance.inflight += 1
+        placed = await self._place(model, GENERATING, request.token_ids, failed)
         try:
-            async with contextlib.aclosing(instance.client.stream(request)) as replies:
+            request = msgspec.structs.replace(request, dp_rank=placed.dp_rank)
+            async with contextlib.aclosing(placed.instance.client.stream(request)) as replies:
                 async for reply in replies:
-                    yield instance, reply
+                    placed.prefilled()
+                    yield placed.instance, reply
         finally:
-            instance.inflight -= 1
+            placed.release()
+            self.load_changed()
 
     async def _disaggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
         """Both legs at once, as SGLang's PD routers send them: the prefill leg (one token)
         and the decode leg share a bootstrap room, the answer streams from decode. A failed
         prefill leg ends the attempt at once rather than leaving decode to time out; ending
         the attempt (a client gone, an error) cancels both legs."""
-        prefill = self._choose(model, (WorkerType.prefill,), request.token_ids, failed)
-        decode = self._choose(model, (WorkerType.decode,), request.token_ids, failed)
-        info = m.BootstrapInfo(prefill.record.bootstrap_host, prefill.record.bootstrap_port, random.getrandbits(63))
+        prefill = await self._place(model, (WorkerType.prefill,), request.token_ids, failed)
+        try:
+            decode = await self._place(model, (WorkerType.decode,), request.token_ids, failed, overlap_score_weight=0.0)
+        except BaseException:
+            prefill.release()
+            raise
+        room = random.getrandbits(63)
+        if prefill.dp_rank is not None:  # SGLang's prefill side serves the room on rank room % dp_size
+            dp_size = prefill.instance.record.dp_size
+            room = room - room % dp_size + prefill.dp_rank
+            room = room if room < 2**63 else room - dp_size
+        info = m.BootstrapInfo(prefill.instance.record.bootstrap_host, prefill.instance.record.bootstrap_port, room)
         prefill_request = msgspec.structs.replace(
-            request, request_id=f"{request.request_id}-prefill", bootstrap=info,
+            request, request_id=f"{request.request_id}-prefill", bootstrap=info, dp_rank=prefill.dp_rank,
             stop=msgspec.structs.replace(request.stop, max_tokens=1, min_tokens=0),
         )
 
         async def prefill_leg() -> m.ErrorReply | None:
-            async with contextlib.aclosing(prefill.client.stream(prefill_request)) as replies:
-                async for reply in replies:
-                    if isinstance(reply, m.ErrorReply):
-                        return reply
-            return None
+            try:
+                async with contextlib.aclosing(prefill.instance.client.stream(prefill_request)) as replies:
+                    async for reply in replies:
+                        if isinstance(reply, m.ErrorReply):
+                            return reply
+                return None
+            finally:
+                prefill.release()
 
-        prefill.inflight += 1
-        decode.inflight += 1
-        decode_replies = decode.client.stream(msgspec.structs.replace(request, bootstrap=info))
+        decode_replies = decode.instance.client.stream(
+            msgspec.structs.replace(request, bootstrap=info, dp_rank=decode.dp_rank))
         prefilling = asyncio.ensure_future(prefill_leg())
         next_reply = asyncio.ensure_future(anext(decode_replies))
         try:
@@ -123,14 +180,15 @@ class Dispatcher:
                 watch = {next_reply} if prefilling.done() else {next_reply, prefilling}
                 done, _ = await asyncio.wait(watch, return_when=asyncio.FIRST_COMPLETED)
                 if prefilling in done and prefilling.result() is not None:
-                    yield prefill, prefilling.result()
+                    yield prefill.instance, prefilling.result()
                     return
                 if next_reply in done:
                     try:
                         reply = next_reply.result()
                     except StopAsyncIteration:
                         return
-                    yield decode, reply
+                    decode.prefilled()
+                    yield decode.instance, reply
                     if isinstance(reply, m.ErrorReply) or reply.finish_reason:
                         return
                     next_reply = asyncio.ensure_future(anext(decode_replies))
@@ -139,13 +197,46 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(next_reply, prefilling, return_exceptions=True)
             await decode_replies.aclose()
-            prefill.inflight -= 1
-            decode.inflight -= 1
+            prefill.release()  # if the prefill task was cancelled before it started
+            decode.release()
+            self.load_changed()
 
-    def _choose(self, model: Model, types: tuple, tokens: list[int], failed: set[int]) -> Instance:
-        live = [i for i in model.serving(*types) if i.record.instance_id not in failed]
-        if not live:
-            raise GenerationError(503, f"no worker can take a request for {model.name} now")
-        candidates = [Candidate(i.record.instance_id, None, i.inflight, i.active_decode_blocks) for i in live]
-        chosen = self.router.choose(tokens, candidates)
-        return next(i for i in live if i.record.instance_id == chosen.instance_id)
+    async def _place(self, model: Model, types: tuple, tokens: list[int], failed: set[int],
+                     overlap_score_weight: float | None = None) -> Placement:
+        deadline = asyncio.get_running_loop().time() + self.busy_timeout_s
+        while True:
+            live = [i for i in model.serving(*types) if i.record.instance_id not in failed]
+            if not live:
+                raise GenerationError(503, f"no worker can take a request for {model.name} now")
+            candidates = _candidates(live, self.router.per_rank)
+            try:
+                chosen = self.router.choose(tokens, candidates, model.card.kv_block_size, overlap_score_weight)
+                break
+            except RouterBusy as e:
+                left = deadline - asyncio.get_running_loop().time()
+                if not self.queue_when_busy or left <= 0:
+                    raise GenerationError(503, f"every worker of {model.name} is busy: {e}") from None
+                changed = self._load_changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+        instance = next(i for i in live if i.record.instance_id == chosen.instance_id)
+        return Placement(instance, chosen, len(tokens), model.card.kv_block_size)
+
+
+def _candidates(live: list[Instance], per_rank: bool) -> list[Candidate]:
+    """One candidate per worker, or per DP rank of each worker for a router that picks ranks.
+    A rank's load is the larger of what it reported and what this frontend tracks there."""
+    if not per_rank:
+        return [Candidate(i.record.instance_id, None, i.inflight, i.active_decode_blocks) for i in live]
+    candidates = []
+    for instance in live:
+        for dp_rank in range(instance.record.dp_size):
+            state = instance.rank(dp_rank)
+            reported = state.reported
+            candidates.append(Candidate(
+                instance.record.instance_id, dp_rank, state.inflight,
+                max(state.decode_blocks, reported.active_decode_blocks if reported else 0),
+                reported.kv_usage if reported else 0.0,
+                max(state.prefill_tokens, reported.active_prefill_tokens if reported else 0),
+            ))
+    return candidates

@@ -2,7 +2,8 @@
 
 Every snapshot of the namespace's live instances updates the registry: a model exists
 while at least one of its instances is registered; each instance gets one request-plane
-client (opened when it appears, closed when it leaves) and the load it last reported.
+client (opened when it appears, closed when it leaves), the load it last reported and,
+per DP rank, what this frontend has routed there and is still running.
 A model's tokenizer is loaded once, from the local files its model card names.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from orchestrator.frontend.preprocess import ModelTokenizer
 from orchestrator.planes.discovery.records import InstanceRecord, ModelCard
+from orchestrator.planes.events import RankLoad
 from orchestrator.planes.request import RequestClient
 from orchestrator.roles import WorkerType
 
@@ -25,11 +27,30 @@ GENERATING = (WorkerType.aggregated, WorkerType.decode)
 
 
 @dataclass
+class RankState:
+    """One DP rank of an instance: the requests this frontend routed there and that are
+    still running (their prompt tokens not yet prefilled, the KV blocks they hold),
+    and the worker's last report, which also counts other frontends' requests."""
+
+    inflight: int = 0
+    prefill_tokens: int = 0
+    decode_blocks: int = 0
+    reported: RankLoad | None = None
+
+
+@dataclass
 class Instance:
     record: InstanceRecord
     client: RequestClient
     inflight: int = 0  # requests this frontend has in flight here
-    active_decode_blocks: int = 0
+    active_decode_blocks: int = 0  # summed over the ranks, as reported
+    ranks: dict[int, RankState] = field(default_factory=dict)
+
+    def rank(self, dp_rank: int) -> RankState:
+        state = self.ranks.get(dp_rank)
+        if state is None:
+            state = self.ranks[dp_rank] = RankState()
+        return state
 
 
 @dataclass

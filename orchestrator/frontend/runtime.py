@@ -16,13 +16,13 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.frontend.args import FrontendArgs
 from orchestrator.frontend.dispatch import Dispatcher
-from orchestrator.frontend.load import LoadListener
+from orchestrator.frontend.events import WorkerEvents
 from orchestrator.frontend.models import ModelRegistry
 from orchestrator.frontend.server import FrontendServer
-from orchestrator.metrics import FrontendMetrics
+from orchestrator.metrics import FrontendMetrics, RouterMetrics
 from orchestrator.planes.discovery import open_discovery
-from orchestrator.roles import ChatProcessor
-from orchestrator.router import make_router
+from orchestrator.roles import ChatProcessor, RouterMode
+from orchestrator.router import KvPolicy, KvRouter, make_router
 from orchestrator.signals import Shutdown
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,9 @@ async def run_frontend(args: FrontendArgs) -> int:
     shutdown.install(asyncio.get_running_loop())
     registry = CollectorRegistry()
     metrics = FrontendMetrics(registry)
-    dispatcher = Dispatcher(make_router(args.router_mode), args.migration_limit, metrics)
+    router_metrics = RouterMetrics(registry) if args.router_mode is RouterMode.kv else None
+    router = make_router(args.router_mode, _kv_policy(args), router_metrics)
+    dispatcher = Dispatcher(router, args.migration_limit, metrics, queue_when_busy=args.router_busy_policy == "queue")
     discovery = open_discovery(
         args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
     )
@@ -44,7 +46,8 @@ async def run_frontend(args: FrontendArgs) -> int:
 
             sglang = SGLangChatProcessor.load()
         server = FrontendServer(args.http_host, args.http_port, models, dispatcher, registry, metrics, sglang)
-        load = LoadListener(models)
+        kv_index = router.index if isinstance(router, KvRouter) and args.router_kv_events else None
+        load = WorkerEvents(models, kv_index, router_metrics, dispatcher.load_changed)
         try:
             async with asyncio.TaskGroup() as tasks:
                 background = [
@@ -63,7 +66,18 @@ async def run_frontend(args: FrontendArgs) -> int:
     return 0
 
 
-async def _follow(discovery, namespace: str, models: ModelRegistry, load: LoadListener) -> None:
+def _kv_policy(args: FrontendArgs) -> KvPolicy:
+    return KvPolicy(
+        overlap_score_weight=args.router_kv_overlap_score_weight,
+        temperature=args.router_temperature,
+        use_kv_events=args.router_kv_events,
+        ttl_s=args.router_ttl_secs,
+        busy_kv_usage=args.active_decode_blocks_threshold,
+        busy_prefill_tokens=args.active_prefill_tokens_threshold,
+    )
+
+
+async def _follow(discovery, namespace: str, models: ModelRegistry, load: WorkerEvents) -> None:
     async with contextlib.aclosing(discovery.watch(namespace)) as snapshots:
         async for snapshot in snapshots:
             await models.apply(snapshot)

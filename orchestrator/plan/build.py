@@ -229,14 +229,19 @@ def _worker_process(cfg: LaunchConfig, run_dir: Path, r: _Replica, node_rank: in
 
 def _frontend_process(cfg: LaunchConfig, run_dir: Path) -> ProcessSpec:
     router = cfg.router
+    kv = router.mode is RouterMode.kv
     flags = {
         "http-host": cfg.frontend.host,
         "http-port": cfg.frontend.port,
         "namespace": cfg.namespace,
         "router-mode": router.mode.value,
-        "router-kv-overlap-score-weight": router.overlap_score_weight if router.mode is RouterMode.kv else None,
-        "router-temperature": router.temperature if router.mode is RouterMode.kv else None,
-        "no-router-kv-events": router.mode is RouterMode.kv and not router.use_kv_events,
+        "router-kv-overlap-score-weight": router.overlap_score_weight if kv else None,
+        "router-temperature": router.temperature if kv else None,
+        "no-router-kv-events": kv and not router.use_kv_events,
+        "router-ttl-secs": router.ttl_s if kv and not router.use_kv_events else None,
+        "active-decode-blocks-threshold": router.busy_kv_usage if kv else None,
+        "active-prefill-tokens-threshold": router.busy_prefill_tokens if kv else None,
+        "router-busy-policy": router.busy_policy if kv else None,
         "migration-limit": cfg.frontend.migration_limit,
         "dyn-chat-processor": cfg.tokenizer.chat_processor.value,
     }

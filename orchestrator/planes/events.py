@@ -3,12 +3,15 @@
 Messages are `[topic, seq (8-byte big-endian), msgpack payload]`, with one sequence
 counter per publisher, so a subscriber sees a gap when it missed something. Topic
 `load` carries `LoadReport`s: per DP rank, what the router's cost function needs.
+Topic `kv` carries the worker's KV relay (`KvEvents`); a subscriber that missed some
+asks the relay's sync socket (`KvSyncRequest` -> `KvSyncReply`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Optional, Union
 
 import msgspec
 import zmq
@@ -57,7 +60,7 @@ class EventPublisher:
         return self.port
 
     async def publish(self, topic: bytes, payload: msgspec.Struct) -> None:
-        await self._socket.send_multipart([topic, self._seq.to_bytes(8, "big"), _encoder.encode(payload)])
+        await self._socket.send_multipart([topic, self._seq.to_bytes(8, "big"), encode(payload)])
         self._seq += 1
 
     def close(self) -> None:
@@ -75,3 +78,56 @@ async def publish_load(publisher: EventPublisher, engine: Engine, instance_id: i
             last, quiet = ranks, 0.0
         await asyncio.sleep(interval_s)
         quiet += interval_s
+
+
+# -- KV events, as a worker's relay publishes them ---------------------------------
+
+KV_TOPIC = b"kv"
+
+
+class Stored(msgspec.Struct, tag="stored", array_like=True):
+    hashes: list[int]  # sequence hashes (`router.hashing`), parents first
+
+
+class Removed(msgspec.Struct, tag="removed", array_like=True):
+    hashes: list[int]
+
+
+class Cleared(msgspec.Struct, tag="cleared", array_like=True):
+    pass
+
+
+KvOp = Union[Stored, Removed, Cleared]
+
+
+class KvEvents(msgspec.Struct, array_like=True):
+    """What one engine batch changed on one DP rank. `event_id` counts from 0 per
+    worker, across its ranks, so a subscriber sees a gap in any of them."""
+
+    instance_id: int
+    event_id: int
+    dp_rank: int
+    ops: list[KvOp]
+
+
+class KvSyncRequest(msgspec.Struct):
+    since: int  # the first event id the subscriber is missing
+
+
+class KvSyncReply(msgspec.Struct):
+    """Either the missing events, or (when they are no longer buffered) a snapshot of
+    every block the worker holds per DP rank, which replaces what the subscriber had.
+    Either way the subscriber then expects `next_event_id`."""
+
+    next_event_id: int
+    events: Optional[list[KvEvents]] = None
+    snapshot: Optional[dict[int, list[int]]] = None
+
+
+kv_events_decoder = msgspec.msgpack.Decoder(KvEvents)
+kv_sync_request_decoder = msgspec.msgpack.Decoder(KvSyncRequest)
+kv_sync_reply_decoder = msgspec.msgpack.Decoder(KvSyncReply)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)

@@ -2,8 +2,10 @@
 
 A router sees the request's token ids and the candidates that can serve it, each with
 the load the frontend knows of (its own in-flight count, plus what the worker last
-reported on the event plane), and picks one. The KV-aware policy implements the same
-interface with its prefix index.
+reported on the event plane), and picks one. A router with `per_rank` gets one
+candidate per DP rank and its choice names the rank; the others get one per worker
+and leave the rank to the engine. The KV-aware policy (`router.kv`) implements the
+same interface with its prefix index.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from orchestrator.roles import RouterMode
 
 
 @dataclass(frozen=True)
@@ -21,21 +22,31 @@ class Candidate:
     instance_id: int
     dp_rank: int | None = None  # None: let the engine balance its ranks
     inflight: int = 0  # requests this frontend has in flight there
-    active_decode_blocks: int = 0  # from the worker's last load report
-    kv_usage: float = 0.0
+    active_decode_blocks: int = 0  # held by its running requests (reported, or tracked here)
+    kv_usage: float = 0.0  # fraction of its KV pool in use, as reported
+    prefill_tokens: int = 0  # prompt tokens queued there, not yet prefilled
+    overlap_blocks: int = 0  # set by the KV router on its choice: prefix blocks cached there
+
+
+class RouterBusy(Exception):
+    """Every candidate is over a busy threshold."""
 
 
 class Router(ABC):
+    per_rank = False
+
     @abstractmethod
-    def choose(self, token_ids: list[int], candidates: list[Candidate]) -> Candidate:
-        """`candidates` is never empty."""
+    def choose(self, token_ids: list[int], candidates: list[Candidate], page_size: int = 1,
+               overlap_score_weight: float | None = None) -> Candidate:
+        """`candidates` is never empty. `page_size` and `overlap_score_weight` (an
+        override of the configured weight) matter to the KV router only."""
 
 
 class RoundRobinRouter(Router):
     def __init__(self) -> None:
         self._turn = itertools.count()
 
-    def choose(self, token_ids, candidates):
+    def choose(self, token_ids, candidates, page_size=1, overlap_score_weight=None):
         ordered = sorted(candidates, key=lambda c: (c.instance_id, c.dp_rank or 0))
         return ordered[next(self._turn) % len(ordered)]
 
@@ -44,7 +55,7 @@ class RandomRouter(Router):
     def __init__(self, seed: int | None = None) -> None:
         self._random = random.Random(seed)
 
-    def choose(self, token_ids, candidates):
+    def choose(self, token_ids, candidates, page_size=1, overlap_score_weight=None):
         return self._random.choice(candidates)
 
 
@@ -54,18 +65,6 @@ class LeastLoadedRouter(Router):
     def __init__(self, seed: int | None = None) -> None:
         self._random = random.Random(seed)
 
-    def choose(self, token_ids, candidates):
+    def choose(self, token_ids, candidates, page_size=1, overlap_score_weight=None):
         best = min((c.inflight, c.active_decode_blocks) for c in candidates)
         return self._random.choice([c for c in candidates if (c.inflight, c.active_decode_blocks) == best])
-
-
-def make_router(mode: RouterMode) -> Router:
-    routers = {
-        RouterMode.round_robin: RoundRobinRouter,
-        RouterMode.random: RandomRouter,
-        RouterMode.least_loaded: LeastLoadedRouter,
-    }
-    if mode not in routers:
-        raise ValueError(f"router mode {mode.value!r} is not available; use one of "
-                         f"{', '.join(m.value for m in routers)}")
-    return routers[mode]()

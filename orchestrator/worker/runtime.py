@@ -1,8 +1,9 @@
 """The worker's life, the same for every worker type.
 
 Start: engine -> worker type (by the one enum) -> warm-up with the type's health
-payload (a worker that cannot answer it refuses to start) -> request plane -> system
-server -> register in discovery -> ready.
+payload (a worker that cannot answer it refuses to start) -> request plane -> event
+plane (load, and the KV relay when the engine publishes KV events) -> system server
+-> register in discovery -> ready.
 Stop (SIGTERM/SIGINT): leave discovery first, refuse new requests, let in-flight
 ones finish for up to the drain timeout, end the rest with a migratable
 `engine_shutdown` error, shut the engine down, exit 0. A second signal skips the wait.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import random
@@ -24,7 +26,7 @@ from orchestrator.engine.base import Engine, EngineError, EngineInfo
 from orchestrator.engine.factory import build_engine, hf_config, model_files, special_token_ids
 from orchestrator.errors import BootError
 from orchestrator.roles import EngineKind
-from orchestrator.metrics import ComponentMetrics
+from orchestrator.metrics import ComponentMetrics, KvRelayMetrics
 from orchestrator.planes import messages as m
 from orchestrator.planes.discovery import open_discovery
 from orchestrator.planes.discovery.records import InstanceRecord, ModelCard
@@ -33,6 +35,7 @@ from orchestrator.planes.request import RequestServer
 from orchestrator.signals import Shutdown
 from orchestrator.worker.args import WorkerArgs
 from orchestrator.worker.health import Health, State, run_canary
+from orchestrator.worker.kv_relay import KvRelay
 from orchestrator.worker.operations import engine_routes
 from orchestrator.worker.system_server import SystemServer
 from orchestrator.worker.tokenizer import encode, load_tokenizer
@@ -140,6 +143,8 @@ async def _serve(args, engine, info, kind, registry, health, shutdown, started) 
     request_port = requests.start()
     events = EventPublisher(args.sglang.host, args.event_port)
     event_port = events.start()
+    instance_id = random.getrandbits(63)
+    relay = _kv_relay(args, info, events, instance_id, registry)
     discovery = open_discovery(
         args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
     )
@@ -150,12 +155,15 @@ async def _serve(args, engine, info, kind, registry, health, shutdown, started) 
         if args.system_port >= 0:
             system = SystemServer(args.system_host, args.system_port, health, registry, engine_routes(engine, registration))
             system_url = f"http://{args.advertise_host}:{await system.start()}"
-        registration.record = _record(args, info, kind, request_port, event_port, system_url)
+        sync_address = f"tcp://{args.advertise_host}:{relay.start()}" if relay else None
+        registration.record = _record(args, info, kind, instance_id, request_port, event_port, system_url, sync_address)
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(requests.serve()),
-                tasks.create_task(publish_load(events, engine, registration.record.instance_id)),
+                tasks.create_task(publish_load(events, engine, instance_id)),
             ]
+            if relay:
+                background.append(tasks.create_task(relay.run()))
             if args.health_check:
                 background.append(tasks.create_task(run_canary(
                     health, lambda: kind.handle(kind.health_request()), lambda: requests.inflight > 0,
@@ -171,6 +179,8 @@ async def _serve(args, engine, info, kind, registry, health, shutdown, started) 
                 task.cancel()
     finally:
         requests.close()
+        if relay:
+            relay.close()
         events.close()
         await discovery.close()
         if system:
@@ -193,12 +203,27 @@ async def _drain(args, requests: RequestServer, registration: Registration, heal
     log.info("drain: done in %.2fs; %d requests handed back for migration", time.monotonic() - t0, ended)
 
 
+def _kv_relay(args: WorkerArgs, info: EngineInfo, events: EventPublisher, instance_id: int,
+              registry: CollectorRegistry) -> KvRelay | None:
+    """A relay when the engine publishes KV events: of every DP rank on this node (SGLang's
+    attention-DP spreads the ranks over the nodes; plain DP keeps them on the first)."""
+    config = getattr(args.sglang, "kv_events_config", None)
+    config = json.loads(config) if isinstance(config, str) else config
+    if not config or config.get("publisher", "null") == "null":
+        return None
+    nnodes = getattr(args.sglang, "nnodes", 1) or 1
+    ranks = info.dp_size // nnodes if nnodes > 1 and getattr(args.sglang, "enable_dp_attention", False) else info.dp_size
+    return KvRelay(config, list(range(ranks)), args.sglang.host, info.page_size, events, instance_id,
+                   KvRelayMetrics(registry), sync_host=args.sglang.host)
+
+
 def _record(
-    args: WorkerArgs, info: EngineInfo, kind: WorkerKind, request_port: int, event_port: int, system_url: str | None
+    args: WorkerArgs, info: EngineInfo, kind: WorkerKind, instance_id: int, request_port: int, event_port: int,
+    system_url: str | None, kv_sync_address: str | None,
 ) -> InstanceRecord:
     s = args.sglang
     return InstanceRecord(
-        instance_id=random.getrandbits(63),
+        instance_id=instance_id,
         namespace=args.namespace,
         component=args.component,
         endpoint=args.endpoint,
@@ -219,6 +244,7 @@ def _record(
         ),
         request_address=f"tcp://{args.advertise_host}:{request_port}",
         event_address=f"tcp://{args.advertise_host}:{event_port}",
+        kv_sync_address=kv_sync_address,
         system_url=system_url,
         dp_size=info.dp_size,
         pid=os.getpid(),

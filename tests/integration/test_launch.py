@@ -171,8 +171,6 @@ def test_recipe_comes_up_on_the_mock_engine_and_answers(tmp_path, recipe):
     overrides = [f"+recipe={recipe}", "engine=mock"]
     cfg = compose_config(*overrides)
     types = {g.type for g in cfg.deployment.groups.values() if g.replicas}
-    if cfg.router.mode is RouterMode.kv:
-        overrides.append("router=round_robin")  # the recipe's topology, until KV routing lands
     with Launch(tmp_path, *overrides) as launch:
         launch.wait_ready()
         c = client(launch.url)

@@ -55,6 +55,7 @@ class InstanceRecord(msgspec.Struct, frozen=True):
     pid: int
     started_at: float  # time.time() of the worker's start
     event_address: Optional[str] = None
+    kv_sync_address: Optional[str] = None  # the KV relay's sync socket, when it relays KV events
     system_url: Optional[str] = None  # e.g. http://127.0.0.1:20000
     dp_size: int = 1
     bootstrap_host: Optional[str] = None
