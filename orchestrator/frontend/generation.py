@@ -75,26 +75,52 @@ async def choice_stream(
         called = called or bool(calls)
         return Delta(text=text, reasoning=thought, tool_calls=calls)
 
+    def detokenize(token_ids: list[int]) -> tuple[str, str | None, int]:
+        """The text these tokens add past the stop jail, the stop string that matched,
+        and how many of the tokens made it. With stop strings, the tokens of a merged
+        chunk go in one at a time, so the choice ends, and counts, exactly at the token
+        that completed a stop string, as it would have arriving alone."""
+        if not options.stop or len(token_ids) == 1:
+            text, matched = jail.push(decoder.step(token_ids))
+            return text, matched, len(token_ids)
+        text = ""
+        for used, token in enumerate(token_ids, 1):
+            piece, matched = jail.push(decoder.step([token]))
+            text += piece
+            if matched is not None:
+                return text, matched, used
+        return text, None, len(token_ids)
+
     stream = dispatcher.generate(model, request)
     async with contextlib.aclosing(stream):
         async for chunk in stream:
-            received += len(chunk.token_ids)
             if on_token is not None:
                 on_token(time.monotonic(), len(chunk.token_ids))
-            text, matched = jail.push(decoder.step(chunk.token_ids))
+            text, matched, used = detokenize(chunk.token_ids)
+            received += used
             done = matched is not None or chunk.finish_reason is not None
             if done and matched is None:
                 tail, matched = jail.push(decoder.flush())
                 text += tail + ("" if matched else jail.flush())
             delta = shape(text, last=done)
-            delta.token_ids, delta.logprobs, delta.top_logprobs = chunk.token_ids, chunk.logprobs, chunk.top_logprobs
+            delta.token_ids, delta.logprobs, delta.top_logprobs = _first(chunk, used)
             if done:
                 finish = "stop" if matched is not None else _finish(chunk.finish_reason)
                 delta.finish_reason = "tool_calls" if called and finish == "stop" else finish
-                delta.usage = chunk if chunk.finish_reason else _usage_so_far(request, received)
+                whole = chunk.finish_reason and used == len(chunk.token_ids)
+                delta.usage = chunk if whole else _usage_so_far(request, received)
                 yield delta
                 return  # leaving the block closes the worker stream: a stop string cancels the request
             yield delta
+
+
+def _first(chunk: m.Chunk, used: int) -> tuple[list[int], list[float] | None, list | None]:
+    """The chunk's token ids and logprobs, cut to its first `used` tokens."""
+    if used == len(chunk.token_ids):
+        return chunk.token_ids, chunk.logprobs, chunk.top_logprobs
+    logprobs = chunk.logprobs[:used] if chunk.logprobs is not None else None
+    tops = chunk.top_logprobs[:used] if chunk.top_logprobs is not None else None
+    return chunk.token_ids[:used], logprobs, tops
 
 
 def _finish(reason: str) -> str:

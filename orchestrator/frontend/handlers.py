@@ -50,6 +50,20 @@ class Choices:
         self._last_token = now
 
     async def run(self, jobs: list[tuple[int, m.GenerateRequest, ChoiceOptions]]) -> AsyncIterator[tuple[int, Delta]]:
+        self._queued.inc()
+        try:
+            if len(jobs) == 1:  # the usual case: one choice needs no tasks to fan in
+                index, request, options = jobs[0]
+                async for delta in choice_stream(self.dispatcher, self.model, request, options, self._on_token):
+                    yield index, delta
+            else:
+                async for item in self._fan_in(jobs):
+                    yield item
+        finally:
+            if self.first_token is None:
+                self._queued.dec()
+
+    async def _fan_in(self, jobs: list[tuple[int, m.GenerateRequest, ChoiceOptions]]) -> AsyncIterator[tuple[int, Delta]]:
         queue: asyncio.Queue = asyncio.Queue()
         done = object()
 
@@ -57,7 +71,6 @@ class Choices:
             async for delta in choice_stream(self.dispatcher, self.model, request, options, self._on_token):
                 await queue.put((index, delta))
 
-        self._queued.inc()
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(one(*job)) for job in jobs]
@@ -68,9 +81,6 @@ class Choices:
         except ExceptionGroup as group_error:
             # One failed choice fails the request; report its own error, not the group.
             raise group_error.exceptions[0] from None
-        finally:
-            if self.first_token is None:
-                self._queued.dec()
 
 
 async def _when_all(tasks, queue: asyncio.Queue, done) -> None:
@@ -177,26 +187,41 @@ def completion_logprobs(model: Model, delta: Delta, offset: int) -> dict[str, An
 
 
 class Responder:
-    """Writes a stream of events, and knows whether the client is still there."""
+    """Writes a stream of events. Events are held until `send` or `finish`, which write
+    everything held in one piece: fewer writes (and TCP segments) with the same bytes."""
 
     def __init__(self, request: web.Request):
         self.request = request
         self.response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
+        self._held: list[bytes] = []
 
     async def start(self) -> None:
         await self.response.prepare(self.request)
 
-    async def send(self, obj: Any) -> None:
-        await self.response.write(sse_event(obj))
+    def hold(self, obj: Any) -> None:
+        """An event that can wait for the next one (a stream's opening chunk)."""
+        self._held.append(sse_event(obj))
 
-    async def finish(self, error: errors.RequestError | None = None) -> web.StreamResponse:
+    async def send(self, obj: Any) -> None:
+        self.hold(obj)
+        await self.response.write(self._take())
+
+    async def finish(self, last: Any = None, error: errors.RequestError | None = None) -> web.StreamResponse:
+        """End the stream: the `last` event (the usage chunk) or the `error` event, then [DONE]."""
+        if last is not None:
+            self.hold(last)
         if error is not None:
-            await self.response.write(sse_error(error))
-        await self.response.write(SSE_DONE)
-        await self.response.write_eof()
+            self._held.append(sse_error(error))
+        self._held.append(SSE_DONE)
+        await self.response.write_eof(self._take())
         return self.response
+
+    def _take(self) -> bytes:
+        data = b"".join(self._held)
+        self._held.clear()
+        return data
 
 
 def http_error(error: GenerationError) -> errors.RequestError:

@@ -170,9 +170,9 @@ class FrontendServer:
         deltas: list[Delta] = []
         offsets: dict[int, int] = defaultdict(int)
         try:
-            if chat:
+            if chat:  # the opening chunks go out with the first delta
                 for index, *_ in jobs:
-                    await out.send(responses.chat_chunk(rid, created, model.name, index, role="assistant", content=""))
+                    out.hold(responses.chat_chunk(rid, created, model.name, index, role="assistant", content=""))
             async for index, delta in choices.run(jobs):
                 deltas.append(delta)
                 if chat:
@@ -191,17 +191,17 @@ class FrontendServer:
                         logprobs=h.completion_logprobs(model, delta, offsets[index]),
                     )
                     offsets[index] += len(delta.text)
-                if delta.text or delta.reasoning or delta.tool_calls or delta.finish_reason or delta.logprobs:
+                if delta.finish_reason:  # the stream's end follows at once, unless other choices go on
+                    out.hold(chunk)
+                elif delta.text or delta.reasoning or delta.tool_calls or delta.logprobs:
                     await out.send(chunk)
+            usage = self._usage(model, deltas, prompt_tokens)
             if req.stream_options.include_usage:
-                usage = self._usage(model, deltas, prompt_tokens)
                 build = responses.chat_usage_chunk if chat else responses.completion_usage_chunk
-                await out.send(build(rid, created, model.name, usage))
-            else:
-                self._usage(model, deltas, prompt_tokens)
+                return await out.finish(build(rid, created, model.name, usage))
             return await out.finish()
         except GenerationError as e:
-            return await out.finish(h.http_error(e))
+            return await out.finish(error=h.http_error(e))
 
     def _usage(self, model, deltas: list[Delta], prompt_tokens: list[int]) -> dict:
         finals = [d.usage for d in deltas if d.usage is not None]

@@ -3,7 +3,8 @@
 A frontend sends `GenerateRequest`, `EmbedRequest` or `Cancel` to a worker; the
 worker streams back `Chunk`s (the last one carries `finish_reason` and usage), one
 `Embeddings`, or an `ErrorReply`. Every message names its request, so one connection
-carries many requests at once.
+carries many requests at once, and a worker sends what it has for one connection as
+one `Replies` frame: one send per scheduler step, not one per request.
 """
 
 from __future__ import annotations
@@ -78,6 +79,18 @@ class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True):
     completion_tokens: int = 0
     cached_tokens: int = 0
 
+    def extend(self, later: Chunk) -> None:
+        """Take in the next chunk of the same request, as if both had come as one: its
+        tokens and logprobs follow ours, its finish and usage (set only on the last) win."""
+        self.token_ids += later.token_ids
+        if later.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + later.logprobs
+        if later.top_logprobs is not None:
+            self.top_logprobs = (self.top_logprobs or []) + later.top_logprobs
+        self.finish_reason, self.matched_stop = later.finish_reason, later.matched_stop
+        self.prompt_tokens, self.completion_tokens = later.prompt_tokens, later.completion_tokens
+        self.cached_tokens = later.cached_tokens
+
 
 class Embeddings(msgspec.Struct, tag="embeddings"):
     request_id: str
@@ -107,9 +120,17 @@ class ErrorReply(msgspec.Struct, tag="error"):
 ToWorker = Union[GenerateRequest, EmbedRequest, Cancel]
 FromWorker = Union[Chunk, Embeddings, ErrorReply]
 
+
+class Replies(msgspec.Struct, tag="replies"):
+    """Several replies to one frontend in one frame, in the order they were made."""
+
+    replies: list[FromWorker]
+
+
 _encoder = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)
 _from_worker = msgspec.msgpack.Decoder(FromWorker)
+_frame = msgspec.msgpack.Decoder(Chunk | Embeddings | ErrorReply | Replies)
 
 
 def encode(message: ToWorker | FromWorker) -> bytes:
@@ -122,3 +143,14 @@ def decode_to_worker(data: bytes) -> ToWorker:
 
 def decode_from_worker(data: bytes) -> FromWorker:
     return _from_worker.decode(data)
+
+
+def encode_replies(replies: list[FromWorker]) -> bytes:
+    """One frame for `replies`: a lone reply as itself, several as `Replies`."""
+    return _encoder.encode(replies[0] if len(replies) == 1 else Replies(replies))
+
+
+def decode_replies(data: bytes) -> list[FromWorker]:
+    """The replies in a frame a worker sent (one reply or `Replies`)."""
+    message = _frame.decode(data)
+    return message.replies if isinstance(message, Replies) else [message]

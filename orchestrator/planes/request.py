@@ -1,16 +1,20 @@
 """The request plane: frontend -> worker over ZMQ, typed msgpack messages.
 
 Worker side, `RequestServer`: a ROUTER socket. Each request runs as a task in the
-server's TaskGroup; its handler is an async iterator of replies, sent back as they
-come. A `Cancel`, or a reply that can no longer reach its caller (ROUTER_MANDATORY
-reports the peer gone), cancels the task, and closing the handler aborts the engine
-request. After `stop_accepting()` new requests are refused with a migratable
-`engine_shutdown` error.
+server's TaskGroup; its handler is an async iterator of replies. Replies are queued
+per caller and one sender task sends each caller's queue as one frame: the replies
+one scheduler step makes for many requests cost one send, not one each. A `Cancel`,
+or a reply that can no longer reach its caller (ROUTER_MANDATORY reports the peer
+gone), cancels the task, and closing the handler aborts the engine request. After
+`stop_accepting()` new requests are refused with a migratable `engine_shutdown` error.
 
 Frontend side, `RequestClient`: one DEALER per worker carries any number of
-concurrent requests, demultiplexed by request id. When the worker's connection
-drops, every request in flight on it ends with a migratable `disconnected` error, and
-a request to a worker that cannot be reached fails the same way after a connect timeout.
+concurrent requests, demultiplexed by request id. A stream whose consumer fell behind
+gets the chunks already waiting for it merged into one, as SGLang streams with a
+stream interval under load: the frontend then detokenizes, matches stop strings and
+writes an event once for all of them. When the worker's connection drops, every
+request in flight on it ends with a migratable `disconnected` error, and a request to
+a worker that cannot be reached fails the same way after a connect timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import AsyncIterator, Callable
 
 import zmq
@@ -44,6 +49,8 @@ class RequestServer:
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._tasks: dict[str, tuple[bytes, asyncio.Task]] = {}  # request id -> (caller, task)
+        self._outgoing: dict[bytes, list[m.FromWorker]] = {}  # caller -> replies not yet sent
+        self._ready = asyncio.Event()  # set when `_outgoing` has something
         self._accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
@@ -74,12 +81,13 @@ class RequestServer:
         failed = list(self._tasks.items())
         for request_id, (identity, task) in failed:
             task.cancel()
-            await self._send(identity, m.ErrorReply(request_id, kind, message))
+            self._send(identity, m.ErrorReply(request_id, kind, message))
         await self.wait_idle(5.0)
         return len(failed)
 
     async def serve(self) -> None:
         async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._sender())
             while True:
                 identity, payload = await self._socket.recv_multipart()
                 try:
@@ -90,9 +98,9 @@ class RequestServer:
                 if isinstance(message, m.Cancel):
                     self._cancel(message.request_id)
                 elif not self._accepting:
-                    await self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.ENGINE_SHUTDOWN, "worker is draining"))
+                    self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.ENGINE_SHUTDOWN, "worker is draining"))
                 elif message.request_id in self._tasks:
-                    await self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.INVALID, "duplicate request id"))
+                    self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.INVALID, "duplicate request id"))
                 else:
                     self._idle.clear()
                     self._tasks[message.request_id] = (identity, tasks.create_task(self._run(identity, message)))
@@ -107,26 +115,41 @@ class RequestServer:
         try:
             async with contextlib.aclosing(self._handler(request)) as replies:
                 async for reply in replies:
-                    if not await self._send(identity, reply):
-                        if self._on_cancel:
-                            self._on_cancel(request.request_id)
-                        return
+                    self._send(identity, reply)
         except asyncio.CancelledError:
-            pass  # a Cancel: closing the handler aborted the engine request
+            pass  # a Cancel, or the caller is gone: closing the handler aborted the engine request
         finally:
             del self._tasks[request.request_id]
             if not self._tasks:
                 self._idle.set()
 
-    async def _send(self, identity: bytes, reply: m.FromWorker) -> bool:
-        """False when the caller is gone."""
-        try:
-            await self._socket.send_multipart([identity, m.encode(reply)])
-            return True
-        except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
-                return False
-            raise
+    def _send(self, identity: bytes, reply: m.FromWorker) -> None:
+        """Queue a reply; `_sender` sends it, after every reply queued before it."""
+        self._outgoing.setdefault(identity, []).append(reply)
+        self._ready.set()
+
+    async def _sender(self) -> None:
+        """Send each caller's queued replies as one frame. Runs after the tasks woken
+        with it, so one scheduler step's replies to a caller go out together."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            outgoing, self._outgoing = self._outgoing, {}
+            for identity, replies in outgoing.items():
+                try:
+                    await self._socket.send_multipart([identity, m.encode_replies(replies)])
+                except zmq.ZMQError as e:
+                    if e.errno != zmq.EHOSTUNREACH:
+                        raise
+                    self._caller_gone(identity)
+
+    def _caller_gone(self, identity: bytes) -> None:
+        """Nobody reads this caller's replies any more: cancel its requests."""
+        for request_id, (caller, task) in self._tasks.items():
+            if caller == identity:
+                if self._on_cancel:
+                    self._on_cancel(request_id)
+                task.cancel()
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -143,7 +166,7 @@ class RequestClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = asyncio.Event()
-        self._streams: dict[str, asyncio.Queue] = {}
+        self._streams: dict[str, _Inbox] = {}
         self._tasks: asyncio.TaskGroup | None = None
 
     async def __aenter__(self) -> RequestClient:
@@ -164,19 +187,19 @@ class RequestClient:
 
     async def stream(self, request: m.GenerateRequest | m.EmbedRequest) -> AsyncIterator[m.FromWorker]:
         """Replies until the final one; cancelling the consumer cancels the request."""
-        queue: asyncio.Queue = asyncio.Queue()
+        inbox = _Inbox()
         if not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
             except TimeoutError:
                 yield m.ErrorReply(request.request_id, m.ErrorKind.DISCONNECTED, f"cannot connect to {self.address}")
                 return
-        self._streams[request.request_id] = queue
+        self._streams[request.request_id] = inbox
         finished = False
         try:
             await self._socket.send(m.encode(request))
             while True:
-                reply = await queue.get()
+                reply = await inbox.get()
                 # The worker is done once its last reply is here, even if the consumer
                 # stops reading right after it: no cancel is owed then.
                 finished = not isinstance(reply, m.Chunk) or reply.finish_reason is not None
@@ -198,8 +221,8 @@ class RequestClient:
             await asyncio.sleep(poll_s)
 
     def _fail_all(self, message: str) -> None:
-        for request_id, queue in list(self._streams.items()):
-            queue.put_nowait(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
+        for request_id, inbox in list(self._streams.items()):
+            inbox.put(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
 
     async def cancel(self, request_id: str) -> None:
         with contextlib.suppress(zmq.ZMQError):
@@ -212,10 +235,10 @@ class RequestClient:
                 while len(frames) < 256:
                     frames.append(self._socket.recv(zmq.NOBLOCK).result())
             for frame in frames:
-                reply = m.decode_from_worker(frame)
-                queue = self._streams.get(reply.request_id)
-                if queue is not None:  # replies to a request already given up are dropped
-                    queue.put_nowait(reply)
+                for reply in m.decode_replies(frame):
+                    inbox = self._streams.get(reply.request_id)
+                    if inbox is not None:  # replies to a request already given up are dropped
+                        inbox.put(reply)
 
     async def _watch(self) -> None:
         while True:
@@ -226,3 +249,32 @@ class RequestClient:
                 self._connected.clear()
                 log.info("request plane: lost %s with %d requests in flight", self.address, len(self._streams))
                 self._fail_all(f"lost {self.address}")
+
+
+
+class _Inbox:
+    """The replies of one stream, as `_read` delivers them, for one consumer."""
+
+    def __init__(self):
+        self._replies: deque[m.FromWorker] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, reply: m.FromWorker) -> None:
+        self._replies.append(reply)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> m.FromWorker:
+        """The next reply; a chunk comes with the chunks queued right behind it merged in,
+        up to the last chunk or a reply of another kind (which stays, to be read next)."""
+        while not self._replies:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        reply = self._replies.popleft()
+        if isinstance(reply, m.Chunk):
+            while reply.finish_reason is None and self._replies and isinstance(self._replies[0], m.Chunk):
+                reply.extend(self._replies.popleft())
+        return reply

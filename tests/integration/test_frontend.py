@@ -24,7 +24,9 @@ LONG_SYSTEM = {"role": "system", "content": "You are a careful assistant. " * 20
 
 @pytest.fixture
 def deployment(tmp_path):
-    with worker(tmp_path, "w", "--dyn-tool-call-parser", "hermes") as (_, worker_url), \
+    # Paced so that each token is streamed before the next is made: the frontend merges
+    # tokens that wait for it, and the tests below look at how text is split into chunks.
+    with worker(tmp_path, "w", "--dyn-tool-call-parser", "hermes", speedup=10.0) as (_, worker_url), \
          frontend(tmp_path, "--migration-limit", "3") as (_, url):
         yield url, worker_url
 
