@@ -225,18 +225,18 @@ class Dispatcher:
 
 def _candidates(live: list[Instance], per_rank: bool) -> list[Candidate]:
     """One candidate per worker, or per DP rank of each worker for a router that picks ranks.
-    A rank's load is the larger of what it reported and what this frontend tracks there."""
+    A rank's load is what this frontend tracks there (as Dynamo's router does: a worker's
+    reports lag its short requests by up to a report interval, long enough to make the
+    rank holding a prefix look busy with the request that just left it); its KV usage,
+    for the busy threshold, is what it reported."""
     if not per_rank:
         return [Candidate(i.record.instance_id, None, i.inflight, i.active_decode_blocks) for i in live]
     candidates = []
     for instance in live:
         for dp_rank in range(instance.record.dp_size):
             state = instance.rank(dp_rank)
-            reported = state.reported
             candidates.append(Candidate(
-                instance.record.instance_id, dp_rank, state.inflight,
-                max(state.decode_blocks, reported.active_decode_blocks if reported else 0),
-                reported.kv_usage if reported else 0.0,
-                max(state.prefill_tokens, reported.active_prefill_tokens if reported else 0),
+                instance.record.instance_id, dp_rank, state.inflight, state.decode_blocks,
+                state.reported.kv_usage if state.reported else 0.0, state.prefill_tokens,
             ))
     return candidates

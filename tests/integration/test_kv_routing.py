@@ -1,16 +1,21 @@
-"""KV-aware routing end to end: `+recipe=llama8b_kv_router engine=mock`, four workers
-whose relays feed the frontend's prefix index."""
+"""KV-aware routing end to end: `+recipe=llama8b_kv_router engine=mock`, workers whose
+relays feed the frontend's prefix index."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 
 import pytest
 
-from tests.integration.frontend_support import client, metric_value
+from tests.integration.frontend_support import client, metric_value, wait_instances
 from tests.integration.test_launch import Launch
 
 pytestmark = pytest.mark.slow
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+PAGE = 16  # the recipe's page size
 
 
 def _conversation(i: int) -> list[dict]:
@@ -23,30 +28,75 @@ def _stored(url: str) -> float:
     return metric_value(url, "dynamo_router_kv_cache_events_applied_total", event_type="stored", status="ok")
 
 
-def _wait_indexed(url: str, before: float, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while _stored(url) <= before:
-        assert time.monotonic() < deadline, "the frontend's index never saw the stored blocks"
-        time.sleep(0.05)
+def _first_turns(url: str, n: int = 6) -> list:
+    """Each conversation once, waiting until the frontend's index has its blocks."""
+    c, answers = client(url), []
+    for i in range(n):
+        before = _stored(url)
+        answers.append(c.chat.completions.create(model=MODEL, messages=_conversation(i), max_tokens=4, temperature=0))
+        deadline = time.monotonic() + 10
+        while _stored(url) <= before:
+            assert time.monotonic() < deadline, "the frontend's index never saw the stored blocks"
+            time.sleep(0.05)
+    return answers
+
+
+def _assert_repeats_hit_the_cache(url: str, firsts: list) -> None:
+    c = client(url)
+    for i, first in enumerate(firsts):
+        again = c.chat.completions.create(model=MODEL, messages=_conversation(i), max_tokens=4, temperature=0)
+        prompt, cached = again.usage.prompt_tokens, again.usage.prompt_tokens_details.cached_tokens
+        # Every full page is cached where the router sent it, but the one holding the
+        # last prompt token, which the engine computes again.
+        assert cached >= (prompt - 1) // PAGE * PAGE - PAGE, (i, prompt, cached)
+        assert again.choices[0].message.content == first.choices[0].message.content
 
 
 def test_repeated_conversations_go_where_their_prefix_is_cached(tmp_path):
     with Launch(tmp_path, "+recipe=llama8b_kv_router", "engine=mock") as launch:
         launch.wait_ready()
-        c = client(launch.url)
-        model = "meta-llama/Llama-3.1-8B-Instruct"
-        firsts = []
-        for i in range(6):
-            before = _stored(launch.url)
-            answer = c.chat.completions.create(model=model, messages=_conversation(i), max_tokens=4, temperature=0)
-            firsts.append(answer)
-            _wait_indexed(launch.url, before)
-        for i, first in enumerate(firsts):
-            again = c.chat.completions.create(model=model, messages=_conversation(i), max_tokens=4, temperature=0)
-            prompt = again.usage.prompt_tokens
-            cached = again.usage.prompt_tokens_details.cached_tokens
-            # Every full page of the prompt is cached where the router sent it (SGLang
-            # keeps at least the last token to compute: a page boundary may be one short).
-            assert cached >= (prompt - 1) // 16 * 16 - 16, (i, prompt, cached)
-            assert again.choices[0].message.content == first.choices[0].message.content
+        firsts = _first_turns(launch.url)
+        _assert_repeats_hit_the_cache(launch.url, firsts)
         assert metric_value(launch.url, "dynamo_router_decision_seconds_count") == 12
+
+
+def test_dp_ranks_of_one_worker_are_routed_separately(tmp_path):
+    # One worker with two DP ranks, each its own radix cache: a repeat must go to the
+    # rank that holds it, which the engine's own balancing would get wrong half the time.
+    with Launch(tmp_path, "+recipe=llama8b_kv_router", "engine=mock", "deployment.groups.agg.replicas=1",
+                "deployment.groups.agg.dp=2") as launch:
+        launch.wait_ready()
+        _assert_repeats_hit_the_cache(launch.url, _first_turns(launch.url))
+
+
+def test_a_restarted_frontend_rebuilds_its_index_from_the_workers(tmp_path):
+    with Launch(tmp_path, "+recipe=llama8b_kv_router", "engine=mock") as launch:
+        launch.wait_ready()
+        firsts = _first_turns(launch.url)
+        stop, answered = threading.Event(), []
+
+        def load() -> None:  # other users keep sending while the frontend restarts
+            c = client(launch.url, timeout=10)
+            while not stop.is_set():
+                try:
+                    c.chat.completions.create(model=MODEL, messages=_conversation(5), max_tokens=4)
+                    answered.append(time.monotonic())
+                except Exception:  # noqa: BLE001 - refused while the frontend is down
+                    time.sleep(0.05)
+
+        threading.Thread(target=load, daemon=True).start()
+        try:
+            (frontend,) = launch.pids("orchestrator.frontend")
+            os.kill(frontend, signal.SIGKILL)
+            killed = time.monotonic()
+            deadline = killed + 30
+            while not (answered and answered[-1] > killed + 0.5):
+                assert time.monotonic() < deadline, launch.log()
+                time.sleep(0.1)
+            wait_instances(launch.url, MODEL, 4)
+            stop.set()  # (a worker busy with it would rightly lose a small prefix to an idle one)
+            time.sleep(0.5)
+            _assert_repeats_hit_the_cache(launch.url, firsts)
+            assert metric_value(launch.url, "dynamo_router_kv_syncs_total", kind="range") >= 4
+        finally:
+            stop.set()
