@@ -3,19 +3,30 @@ relays feed the frontend's prefix index."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
 
-from tests.integration.frontend_support import client, metric_value, wait_instances
+from tests.integration.frontend_support import (
+    client,
+    frontend,
+    metric_value,
+    wait_instances,
+)
 from tests.integration.test_launch import Launch
+from tests.integration.worker_support import worker
+from tests.managed import http_get
 
 pytestmark = pytest.mark.slow
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PAGE = 16  # the recipe's page size
+HELLO_SHORT = [{"role": "user", "content": "Hello!"}]
 
 
 def _conversation(i: int) -> list[dict]:
@@ -100,3 +111,28 @@ def test_a_restarted_frontend_rebuilds_its_index_from_the_workers(tmp_path):
             assert metric_value(launch.url, "dynamo_router_kv_syncs_total", kind="range") >= 4
         finally:
             stop.set()
+
+
+@pytest.mark.parametrize("policy", ["reject", "queue"])
+def test_when_every_worker_is_busy_requests_are_refused_or_queued(tmp_path, policy):
+    # A rank with any prompt tokens waiting for prefill counts as busy (threshold 0); the
+    # worker is slowed down so that the first request's prefill takes about a second.
+    with worker(tmp_path, "w", speedup=0.004), \
+         frontend(tmp_path, "--router-mode", "kv", "--active-prefill-tokens-threshold", "0",
+                  "--router-busy-policy", policy) as (_, url):
+        c = client(url, timeout=60)
+        long_prompt = [{"role": "user", "content": "Describe the sea. " * 300}]
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.chat.completions.create, model="tiny", messages=long_prompt, max_tokens=1)
+            deadline = time.monotonic() + 10
+            while sum(i["inflight"] for i in json.loads(http_get(f"{url}/health")[1])["instances"]) < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            if policy == "reject":
+                with pytest.raises(openai.APIStatusError) as refused:
+                    c.chat.completions.create(model="tiny", messages=HELLO_SHORT, max_tokens=1)
+                assert refused.value.status_code == 503 and "busy" in refused.value.message
+            else:
+                assert c.chat.completions.create(model="tiny", messages=HELLO_SHORT, max_tokens=1).choices
+                assert first.done()  # it waited for the first request's prefill to end
+            assert first.result().choices
