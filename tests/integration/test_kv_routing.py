@@ -39,14 +39,14 @@ def _stored(url: str) -> float:
     return metric_value(url, "dynamo_router_kv_cache_events_applied_total", event_type="stored", status="ok")
 
 
-def _first_turns(url: str, n: int = 6) -> list:
+def _first_turns(url: str, n: int = 6, events: bool = True) -> list:
     """Each conversation once, waiting until the frontend's index has its blocks."""
     c, answers = client(url), []
     for i in range(n):
         before = _stored(url)
         answers.append(c.chat.completions.create(model=MODEL, messages=_conversation(i), max_tokens=4, temperature=0))
         deadline = time.monotonic() + 10
-        while _stored(url) <= before:
+        while events and _stored(url) <= before:
             assert time.monotonic() < deadline, "the frontend's index never saw the stored blocks"
             time.sleep(0.05)
     return answers
@@ -63,10 +63,11 @@ def _assert_repeats_hit_the_cache(url: str, firsts: list) -> None:
         assert again.choices[0].message.content == first.choices[0].message.content
 
 
-def test_repeated_conversations_go_where_their_prefix_is_cached(tmp_path):
-    with Launch(tmp_path, "+recipe=llama8b_kv_router", "engine=mock") as launch:
+@pytest.mark.parametrize("events", [True, False], ids=["kv-events", "approximate"])
+def test_repeated_conversations_go_where_their_prefix_is_cached(tmp_path, events):
+    with Launch(tmp_path, "+recipe=llama8b_kv_router", "engine=mock", f"router.use_kv_events={events}") as launch:
         launch.wait_ready()
-        firsts = _first_turns(launch.url)
+        firsts = _first_turns(launch.url, events=events)
         _assert_repeats_hit_the_cache(launch.url, firsts)
         assert metric_value(launch.url, "dynamo_router_decision_seconds_count") == 12
 
