@@ -95,6 +95,8 @@ def _check_router(cfg: LaunchConfig) -> None:
             "KV routing with page size 1 makes every token a block",
             "set deployment.page_size=16 (or 32, 64)",
         )
+    if cfg.router.busy_policy not in ("reject", "queue"):
+        raise ConfigError("router.busy_policy", f"unknown policy {cfg.router.busy_policy!r}", "use reject or queue")
     if not cfg.router.use_kv_events:
         return
     for name, group in cfg.deployment.groups.items():

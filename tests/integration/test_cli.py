@@ -90,6 +90,11 @@ INVALID = {
         "deployment.page_size",
         "page size 1",
     ),
+    "unknown busy policy": (
+        ["+recipe=llama8b_kv_router", "engine=mock", "router.busy_policy=wait"],
+        "router.busy_policy",
+        "unknown policy 'wait'",
+    ),
     "model path missing for sglang": (["+recipe=llama8b_agg"], "model.path", "does not exist"),
     "sglang flag the plan owns": (
         ["+deployment.groups.agg.sglang.tp-size=2"],
