@@ -186,13 +186,19 @@ def completion_logprobs(model: Model, delta: Delta, offset: int) -> dict[str, An
     return responses.completion_logprobs(tokens, list(delta.logprobs), tops, offsets)
 
 
+class _EventStream(web.StreamResponse):
+    # aiohttp's switch (web.Response sets it too): the headers wait for the first write
+    # and go out with it, one send instead of two.
+    _send_headers_immediately = False
+
+
 class Responder:
     """Writes a stream of events. Events are held until `send` or `finish`, which write
     everything held in one piece: fewer writes (and TCP segments) with the same bytes."""
 
     def __init__(self, request: web.Request):
         self.request = request
-        self.response = web.StreamResponse(
+        self.response = _EventStream(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self._held: list[bytes] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -46,6 +47,30 @@ class LegReady:
 Outgoing = Union[Chunk, LegReady, EngineError]
 
 
+class Outbox:
+    """What the scheduler sends one request's stream, in order: a deque and the one
+    reader's waiter. An `asyncio.Queue` does the same for many readers and costs a
+    loop lookup and a waiter list on every token."""
+
+    def __init__(self):
+        self._items: deque[Outgoing] = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: Outgoing) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Outgoing:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass(eq=False)
 class Request:
     rid: str
@@ -62,7 +87,7 @@ class Request:
     phase: Phase = Phase.WAITING
     cached_tokens: int = 0  # prefix-cache hit at first admission, as SGLang reports it
     retractions: int = 0
-    outbox: asyncio.Queue[Outgoing] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     leg: Optional[asyncio.Task] = None  # the transfer the stream awaits; abort cancels it
     arrived: float = field(default_factory=time.monotonic)
     admitted: Optional[float] = None

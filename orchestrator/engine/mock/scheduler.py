@@ -229,6 +229,8 @@ class Scheduler:
         return sum(self._outlook(r) for r in self._running)
 
     def _schedule_prefill(self) -> Optional[_Step]:
+        if not self._waiting and self._chunked is None:
+            return None  # the common decode step: skip the KV outlook below
         page = self._pool.page_size
         budget = self._pool.chunked_prefill_size if self._pool.chunked_prefill_size > 0 else None
         rem_input = self._max_prefill_tokens
