@@ -80,6 +80,15 @@ class FrontendMetrics:
                                      registry=registry)
         self.migrations = Counter("dynamo_frontend_model_migration", "Requests moved to another worker",
                                   (*model, "migration_type"), registry=registry)
+        # Per leg: an aggregated request has one, a disaggregated one a prefill and a decode leg.
+        leg = ("model", "worker_type")
+        self.legs = Counter("dynamo_frontend_worker_requests", "Legs sent to workers, by outcome (ok | error | cancelled)",
+                            (*leg, "status"), registry=registry)
+        self.leg_first_reply = Histogram("dynamo_frontend_worker_time_to_first_reply_seconds",
+                                         "From sending a leg to its first reply (a prefill leg: its only one)", leg,
+                                         buckets=LATENCY_BUCKETS, registry=registry)
+        self.leg_duration = Histogram("dynamo_frontend_worker_request_duration_seconds", "From sending a leg to its end",
+                                      leg, buckets=LATENCY_BUCKETS, registry=registry)
 
 
 class KvRelayMetrics:

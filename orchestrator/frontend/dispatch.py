@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from typing import AsyncIterator
 
 import msgspec
@@ -44,10 +45,13 @@ class GenerationError(Exception):
 
 class Placement:
     """One leg on one rank of one worker, counted in that rank's load until `release()`
-    (which may be called more than once)."""
+    (the first call counts; later ones do nothing) and in the per-leg metrics."""
 
-    def __init__(self, instance: Instance, candidate: Candidate, tokens: int, page_size: int):
+    def __init__(self, instance: Instance, candidate: Candidate, tokens: int, page_size: int,
+                 metrics: FrontendMetrics, model: str):
         self.instance, self.dp_rank = instance, candidate.dp_rank
+        self._labels = {"model": model, "worker_type": instance.record.worker_type.value}
+        self._metrics, self._sent, self._replied = metrics, time.monotonic(), False
         self._rank: RankState = instance.rank(candidate.dp_rank or 0)
         self._prefill = max(0, tokens - candidate.overlap_blocks * page_size)
         self._blocks = -(-tokens // max(page_size, 1))
@@ -57,15 +61,22 @@ class Placement:
         self._rank.decode_blocks += self._blocks
         self._released = False
 
-    def prefilled(self) -> None:
+    def replied(self) -> None:
+        """A reply came: the prompt is prefilled (counted once)."""
+        if self._replied:
+            return
+        self._replied = True
+        self._metrics.leg_first_reply.labels(**self._labels).observe(time.monotonic() - self._sent)
         self._rank.prefill_tokens -= self._prefill
         self._prefill = 0
 
-    def release(self) -> None:
+    def release(self, status: str = "cancelled") -> None:
         if self._released:
             return
         self._released = True
-        self.prefilled()
+        self._metrics.legs.labels(**self._labels, status=status).inc()
+        self._metrics.leg_duration.labels(**self._labels).observe(time.monotonic() - self._sent)
+        self._rank.prefill_tokens -= self._prefill
         self._rank.decode_blocks -= self._blocks
         self._rank.inflight -= 1
         self.instance.inflight -= 1
@@ -129,14 +140,16 @@ class Dispatcher:
     async def _aggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
         """One leg: (instance, reply) pairs from an aggregated (or decode-only) worker."""
         placed = await self._place(model, GENERATING, request.token_ids, failed)
+        status = "cancelled"
         try:
             request = msgspec.structs.replace(request, dp_rank=placed.dp_rank)
             async with contextlib.aclosing(placed.instance.client.stream(request)) as replies:
                 async for reply in replies:
-                    placed.prefilled()
+                    placed.replied()
+                    status = _status(reply) or status
                     yield placed.instance, reply
         finally:
-            placed.release()
+            placed.release(status)
             self.load_changed()
 
     async def _disaggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
@@ -162,17 +175,21 @@ class Dispatcher:
         )
 
         async def prefill_leg() -> m.ErrorReply | None:
+            status = "cancelled"
             try:
                 async with contextlib.aclosing(prefill.instance.client.stream(prefill_request)) as replies:
                     async for reply in replies:
+                        prefill.replied()
+                        status = _status(reply) or status
                         if isinstance(reply, m.ErrorReply):
                             return reply
                 return None
             finally:
-                prefill.release()
+                prefill.release(status)
 
         decode_replies = decode.instance.client.stream(
             msgspec.structs.replace(request, bootstrap=info, dp_rank=decode.dp_rank))
+        decode_status = "cancelled"
         prefilling = asyncio.ensure_future(prefill_leg())
         next_reply = asyncio.ensure_future(anext(decode_replies))
         try:
@@ -187,7 +204,8 @@ class Dispatcher:
                         reply = next_reply.result()
                     except StopAsyncIteration:
                         return
-                    decode.prefilled()
+                    decode.replied()
+                    decode_status = _status(reply) or decode_status
                     yield decode.instance, reply
                     if isinstance(reply, m.ErrorReply) or reply.finish_reason:
                         return
@@ -198,7 +216,7 @@ class Dispatcher:
             await asyncio.gather(next_reply, prefilling, return_exceptions=True)
             await decode_replies.aclose()
             prefill.release()  # if the prefill task was cancelled before it started
-            decode.release()
+            decode.release(decode_status)
             self.load_changed()
 
     async def _place(self, model: Model, types: tuple, tokens: list[int], failed: set[int],
@@ -220,7 +238,14 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), left)
         instance = next(i for i in live if i.record.instance_id == chosen.instance_id)
-        return Placement(instance, chosen, len(tokens), model.card.kv_block_size)
+        return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
+
+
+def _status(reply: m.FromWorker) -> str | None:
+    """A leg's outcome, once a reply settles it."""
+    if isinstance(reply, m.ErrorReply):
+        return "error"
+    return "ok" if reply.finish_reason else None
 
 
 def _candidates(live: list[Instance], per_rank: bool) -> list[Candidate]:

@@ -26,12 +26,12 @@ HELLO = [{"role": "user", "content": "Hello!"}]
 class Launch:
     """`dynamo-launch` in its own session, on ports no other test uses."""
 
-    def __init__(self, tmp_path: Path, *overrides: str):
+    def __init__(self, tmp_path: Path, *overrides: str, speedup: float = 100):
         self.port, (base, sglang_base) = free_port(), port_bases()
         self.run_dir = tmp_path / "run"
         self.argv = [DYNAMO_LAUNCH, *overrides, f"frontend.port={self.port}", f"ports.base={base}",
                      f"ports.sglang_base={sglang_base}", f"hydra.run.dir={self.run_dir}",
-                     "engine.mock.speedup_ratio=100", "supervisor.health_interval_s=0.3",
+                     f"engine.mock.speedup_ratio={speedup}", "supervisor.health_interval_s=0.3",
                      "supervisor.restart.backoff_initial_s=0.2"]
         self.url = f"http://127.0.0.1:{self.port}"
 
