@@ -1,9 +1,10 @@
 """One generation, routed to a worker and kept alive across worker failures.
 
 The router picks among the model's generating instances. When the worker ends the
-stream with a migratable error (it drains: `engine_shutdown`; it died: `disconnected`)
-and the migration limit allows, the request is sent to another worker with the prompt
-plus every token generated so far and the token budget reduced; the caller sees one
+stream with a migratable error (it drains: `engine_shutdown`; it died: `disconnected`;
+the legs of a disaggregated request never met: `bootstrap_timeout`, blamed on the
+prefill worker) and the migration limit allows, the request is sent to another worker
+with the prompt plus every token generated so far and the token budget reduced; the caller sees one
 continuous stream, with usage counted against the original prompt. Other errors end
 the generation with the HTTP status they deserve.
 
@@ -34,6 +35,7 @@ from orchestrator.router import Candidate, Router, RouterBusy
 
 log = logging.getLogger(__name__)
 
+_RETRY = m.ErrorKind.MIGRATABLE | {m.ErrorKind.BOOTSTRAP_TIMEOUT}
 _STATUS = {m.ErrorKind.INVALID: 400, m.ErrorKind.OVERLOADED: 503, m.ErrorKind.BOOTSTRAP_TIMEOUT: 503}
 
 
@@ -127,7 +129,7 @@ class Dispatcher:
                     yield reply
             if error is None:
                 return
-            if error.kind not in m.ErrorKind.MIGRATABLE:
+            if error.kind not in _RETRY:
                 raise GenerationError(_STATUS.get(error.kind, 500), error.message)
             failed.add(culprit.record.instance_id)
             if attempt == self.migration_limit:
@@ -206,7 +208,8 @@ class Dispatcher:
                         return
                     decode.replied()
                     decode_status = _status(reply) or decode_status
-                    yield decode.instance, reply
+                    stalled = isinstance(reply, m.ErrorReply) and reply.kind == m.ErrorKind.BOOTSTRAP_TIMEOUT
+                    yield (prefill if stalled else decode).instance, reply
                     if isinstance(reply, m.ErrorReply) or reply.finish_reason:
                         return
                     next_reply = asyncio.ensure_future(anext(decode_replies))

@@ -133,6 +133,26 @@ def test_a_prefill_worker_killed_mid_flight_is_retried_on_the_other(tmp_path):
         assert result.choices[0].message.content == undisturbed.choices[0].message.content
 
 
+def test_a_stalled_prefill_worker_times_out_and_the_request_goes_to_the_other(tmp_path):
+    with Launch(tmp_path, "+recipe=llama70b_disagg", "engine=mock", "frontend.migration_limit=3",
+                "+deployment.groups.decode.env.SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT=2", **SLOW) as launch:
+        launch.wait_ready()
+        wait_instances(launch.url, MODEL, 3)
+        c = client(launch.url, timeout=120)
+        kw = dict(model=MODEL, messages=LONG, max_tokens=8, temperature=0, extra_body={"ignore_eos": True})
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(c.chat.completions.create, **kw)
+            until(lambda: _inflight(workers(launch, "prefill")), what="a prefill leg in flight")
+            (stalled,) = _inflight(workers(launch, "prefill"))
+            os.kill(stalled.pid, signal.SIGSTOP)
+            try:
+                result = answer.result()
+            finally:
+                os.kill(stalled.pid, signal.SIGCONT)
+        assert result.usage.completion_tokens == 8
+        assert metric_value(launch.url, "dynamo_frontend_model_migration_total", migration_type="new_request") == 1
+
+
 def test_a_decode_worker_killed_mid_stream_is_migrated(tmp_path):
     # Two TP2 decode workers (the recipe has one TP4) so that there is another to go to.
     with Launch(tmp_path, "+recipe=llama70b_disagg", "engine=mock", "frontend.migration_limit=3",
