@@ -1,4 +1,5 @@
-"""`dynamo-launch`: compose (Hydra) -> convert once -> validate and plan -> dry run or launch.
+"""`dynamo-launch`: compose (Hydra) -> convert once -> validate and plan -> dry run,
+launch, or (with `benchmark.enabled`) a benchmark job against the deployment.
 
 Exit codes: 0 ok, 2 invalid config (nothing started), 3 a process failed to start,
 4 a process kept failing and the restart policy said stop.
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
+from orchestrator.benchmark.job import run_job
 from orchestrator.config import to_launch_config
 from orchestrator.config.store import register
 from orchestrator.errors import ExitCode, LaunchError
@@ -34,17 +37,29 @@ def _app(cfg: DictConfig) -> None:
     try:
         launch_cfg = to_launch_config(cfg)
         mode = dry_run_mode(launch_cfg.dry_run)
-        plan = build_plan(launch_cfg, Path(HydraConfig.get().runtime.output_dir))
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        plan = build_plan(launch_cfg, out_dir)
         plan.write_files()
         if mode == "json":
             print(plan.to_json())
         elif mode == "table":
             print_table(plan)
+        elif launch_cfg.benchmark.enabled:
+            multirun = HydraConfig.get().mode is RunMode.MULTIRUN
+            (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            code = run_job(launch_cfg, plan, _deployment_key(cfg), out_dir, multirun)
+            if code:  # in a sweep, returning lets Hydra go on to the next job
+                sys.exit(code)
         else:
             sys.exit(asyncio.run(Supervisor(plan, launch_cfg).run()))
     except LaunchError as e:
         print(f"dynamo-launch: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+def _deployment_key(cfg: DictConfig) -> str:
+    """What decides the deployment: everything but the benchmark (and dry_run)."""
+    return OmegaConf.to_yaml({k: v for k, v in cfg.items() if k not in ("benchmark", "dry_run")}, resolve=True)
 
 
 def main() -> None:

@@ -195,12 +195,14 @@ class BenchmarkConfig:
     trace: Optional[str] = None  # Mooncake-style JSONL
     trace_speedup: float = 1.0
     concurrency: Optional[int] = 8
+    concurrency_per_gpu: Optional[float] = None  # instead of a concurrency: this many per GPU of the deployment
     request_rate: Optional[float] = None  # requests/s instead of a concurrency
     num_requests: int = 100
     duration_s: Optional[float] = None
     warmup_requests: int = 0
     seed: int = 0
     slo: SloConfig = field(default_factory=SloConfig)
+    stop_on_failure: bool = False  # a failed job ends the sweep (else it is recorded and the sweep goes on)
 
 
 @dataclass
@@ -215,6 +217,7 @@ class LaunchConfig:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    perf: Dict[str, Any] = field(default_factory=dict)  # a recipe's own benchmark (benchmark=recipe)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     ports: PortsConfig = field(default_factory=PortsConfig)
     namespace: str = "dynamo"

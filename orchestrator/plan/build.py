@@ -165,7 +165,7 @@ def _worker_process(cfg: LaunchConfig, run_dir: Path, r: _Replica, node_rank: in
     sglang = {
         "model-path": cfg.model.path,
         "served-model-name": cfg.model.served_name,
-        "tokenizer-path": _tokenizer_path(cfg),
+        "tokenizer-path": tokenizer_path(cfg),
         "context-length": cfg.model.context_length,
         "tp-size": group.tp,
         "dp-size": group.dp if group.dp > 1 else None,
@@ -302,7 +302,7 @@ def _discovery_env(cfg: LaunchConfig, run_dir: Path) -> dict[str, str]:
     return env
 
 
-def _tokenizer_path(cfg: LaunchConfig) -> str | None:
+def tokenizer_path(cfg: LaunchConfig) -> str | None:
     """The model's own tokenizer; with the mock engine and no local model, the tiny
     model's, so any recipe runs on a laptop."""
     if cfg.model.tokenizer:

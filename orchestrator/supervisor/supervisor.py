@@ -74,11 +74,17 @@ class Managed:
 
 
 class Supervisor:
-    def __init__(self, plan: LaunchPlan, launch_config: LaunchConfig, announce=print):
+    """`run()` until a stop signal (or `stop()`); `ready` is set once every process is
+    healthy. `live_view=False` keeps the terminal for someone else (a benchmark's
+    progress) even when stdout is one."""
+
+    def __init__(self, plan: LaunchPlan, launch_config: LaunchConfig, announce=print, live_view: bool = True):
         self.plan, self.launch_config, self.announce = plan, launch_config, announce
         self.config: SupervisorConfig = launch_config.supervisor
         self.procs = [Managed(Child(spec, plan.run_dir)) for spec in plan.processes]
         self.shutdown = Shutdown()
+        self.ready = asyncio.Event()
+        self._live_view = live_view
         self._restarts: asyncio.Queue[str] = asyncio.Queue()  # groups to restart, one at a time
 
     async def run(self) -> int:
@@ -100,6 +106,7 @@ class Supervisor:
                 if not await self._launch():
                     return ExitCode.OK  # asked to stop while starting
                 self._ready(time.monotonic() - started)
+                self.ready.set()
                 async with asyncio.TaskGroup() as tasks:
                     restarter = tasks.create_task(self._rolling_restarts())
                     result = await self._supervise()
@@ -135,6 +142,10 @@ class Supervisor:
                 await asyncio.sleep(0.2)
         return True
 
+    def stop(self) -> None:
+        """Ask `run()` to stop, as SIGTERM does."""
+        self.shutdown.requested.set()
+
     def _ready(self, seconds: float) -> None:
         self.announce(
             f"Ready in {seconds:.1f}s: {len(self.procs)} processes, logs in {self.plan.run_dir}\n"
@@ -147,7 +158,8 @@ class Supervisor:
     # -- supervise ------------------------------------------------------------------------------
 
     async def _supervise(self) -> int:
-        live = Live(console=Console(), auto_refresh=False) if sys.stdout.isatty() else contextlib.nullcontext()
+        live = Live(console=Console(), auto_refresh=False) if self._live_view and sys.stdout.isatty() \
+            else contextlib.nullcontext()
         with live:
             while not self.shutdown.requested.is_set():
                 for p in self.procs:
