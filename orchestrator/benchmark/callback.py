@@ -54,7 +54,9 @@ class BenchmarkCallback(Callback):
 def _report(out_dir: Path, job_dirs) -> None:
     jobs = collect_jobs(job_dirs)
     if jobs:
-        from orchestrator.benchmark.report import write_report  # matplotlib: only when there is a report
+        from orchestrator.benchmark.report import (
+            write_report,  # matplotlib: only when there is a report
+        )
 
         write_report(jobs, out_dir)
 
