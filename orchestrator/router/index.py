@@ -2,11 +2,12 @@
 
 Blocks are keyed by sequence hash (`hashing.sequence_hashes`), so one key stands for
 one whole prefix and a lookup walks the request's hashes from the first page until
-nobody holds the next one. Each key maps to a `_Holders`: the set of slots holding it
-and an XOR of the slots' random tags, which lets the walk see in O(1) that a page is
-held by the same slots as the page before (the common case: a radix cache holds a
-block only with its parent), so only the depths where the set shrinks cost a set
-intersection.
+nobody holds the next one. Each slot gets a bit; each key maps to the mask of the
+slots holding it, so the walk sees with one integer comparison that a page is held
+by the same slots as the page before (the common case: a radix cache holds a block
+only with its parent), and only the depths where the set shrinks cost more. A block
+costs one dict entry and an int, no object of its own for the garbage collector to
+walk: with a million blocks that is what keeps applying events fast.
 
 `PrefixIndex` is fed by KV events (stored / removed / cleared per slot, as the
 workers' relays publish them). `ApproximateIndex` has no events: what was routed is
@@ -15,7 +16,6 @@ assumed cached for a TTL, and the oldest entries go when it grows past its size.
 
 from __future__ import annotations
 
-import random
 import time
 from collections import OrderedDict
 
@@ -24,19 +24,13 @@ Slot = tuple[int, int]  # (instance id, DP rank)
 OK, BLOCK_NOT_FOUND = "ok", "block_not_found"
 
 
-class _Holders:
-    __slots__ = ("slots", "tag")
-
-    def __init__(self) -> None:
-        self.slots: set[Slot] = set()
-        self.tag = 0
-
-
 class PrefixIndex:
     def __init__(self) -> None:
-        self._nodes: dict[int, _Holders] = {}
+        self._nodes: dict[int, int] = {}  # hash -> mask of the slots holding it
         self._held: dict[Slot, set[int]] = {}  # slot -> the hashes it holds
-        self._tags: dict[Slot, int] = {}
+        self._bits: dict[Slot, int] = {}  # slot -> its mask (one bit)
+        self._slots: dict[int, Slot] = {}  # bit number -> slot
+        self._free: list[int] = []  # bit numbers of cleared slots, reused to keep masks short
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -45,37 +39,42 @@ class PrefixIndex:
         return len(self._held.get(slot, ()))
 
     def stored(self, slot: Slot, hashes: list[int]) -> None:
-        held = self._held.get(slot)
-        if held is None:
-            held = self._held[slot] = set()
-            self._tags[slot] = random.getrandbits(64)
-        tag, nodes = self._tags[slot], self._nodes
+        bit = self._bits.get(slot)
+        if bit is None:
+            bit = self._join(slot)
+        self._held[slot].update(hashes)
+        nodes = self._nodes
+        get = nodes.get
         for h in hashes:
-            if h in held:
-                continue
-            held.add(h)
-            node = nodes.get(h)
-            if node is None:
-                node = nodes[h] = _Holders()
-            node.slots.add(slot)
-            node.tag ^= tag
+            nodes[h] = get(h, 0) | bit
 
     def removed(self, slot: Slot, hashes: list[int]) -> int:
         """Returns how many of `hashes` the slot did not hold (block_not_found)."""
         held = self._held.get(slot)
+        if held is None:
+            return len(hashes)
+        nodes, others = self._nodes, ~self._bits[slot]
         missing = 0
         for h in hashes:
-            if held is None or h not in held:
+            if h not in held:
                 missing += 1
                 continue
-            held.discard(h)
-            self._drop(slot, h)
+            held.remove(h)
+            mask = nodes[h] & others
+            if mask:
+                nodes[h] = mask
+            else:
+                del nodes[h]
         return missing
 
     def cleared(self, slot: Slot) -> None:
-        for h in self._held.pop(slot, ()):
-            self._drop(slot, h)
-        self._tags.pop(slot, None)
+        if slot not in self._held:
+            return
+        self.removed(slot, list(self._held[slot]))
+        del self._held[slot]
+        number = self._bits.pop(slot).bit_length() - 1
+        del self._slots[number]
+        self._free.append(number)
 
     def forget(self, instance_id: int) -> None:
         """Drop every DP rank of a worker that left."""
@@ -86,36 +85,37 @@ class PrefixIndex:
         """For every slot holding the first page: how many leading pages it holds."""
         nodes = self._nodes
         depth = 0
-        active: set[Slot] = set()
-        tag = 0
+        active = 0
         result: dict[Slot, int] = {}
         for h in hashes:
-            node = nodes.get(h)
-            if node is None:
+            mask = nodes.get(h)
+            if mask is None:
                 break
             if depth == 0:
-                active, tag = set(node.slots), node.tag
-            elif node.tag != tag:
-                kept = active & node.slots
-                for slot in active - kept:
-                    result[slot] = depth
+                active = mask
+            elif mask != active:
+                kept = active & mask
+                self._record(active ^ kept, depth, result)
                 if not kept:
                     return result
                 active = kept
-                tag = 0
-                for slot in kept:
-                    tag ^= self._tags[slot]
             depth += 1
-        for slot in active:
-            result[slot] = depth
+        self._record(active, depth, result)
         return result
 
-    def _drop(self, slot: Slot, h: int) -> None:
-        node = self._nodes[h]
-        node.slots.discard(slot)
-        node.tag ^= self._tags[slot]
-        if not node.slots:
-            del self._nodes[h]
+    def _join(self, slot: Slot) -> int:
+        number = self._free.pop() if self._free else len(self._slots)
+        self._slots[number] = slot
+        self._held[slot] = set()
+        bit = self._bits[slot] = 1 << number
+        return bit
+
+    def _record(self, mask: int, depth: int, result: dict[Slot, int]) -> None:
+        slots = self._slots
+        while mask:
+            low = mask & -mask
+            result[slots[low.bit_length() - 1]] = depth
+            mask ^= low
 
 
 class ApproximateIndex(PrefixIndex):
