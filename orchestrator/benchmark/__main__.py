@@ -1,7 +1,7 @@
 """`python -m orchestrator.benchmark`: the load process of one benchmark job.
 
     python -m orchestrator.benchmark --url URL --model NAME --config job.yaml \\
-        --gpus N --out DIR [--tokenizer DIR] [--trace-block-size 512]
+        --gpus N --out DIR [--tokenizer DIR]
 
 `job.yaml` is the `benchmark:` config section. The load runs in its own process so its
 event loop and CPU never share the deployment's. Writes DIR/results.json,
@@ -31,7 +31,6 @@ from orchestrator.benchmark.loadgen import LoadGenerator, LoadResult, Record, Re
 from orchestrator.benchmark.results import load_config, load_shape, write_results
 from orchestrator.benchmark.stats import summarize
 from orchestrator.benchmark.workload import (
-    MOONCAKE_BLOCK_SIZE,
     Workload,
     WorkloadError,
     build_workload,
@@ -48,7 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPUs of the deployment, for tokens/s per GPU")
     p.add_argument("--out", required=True, type=Path, help="the directory for the results")
     p.add_argument("--tokenizer", help="model directory (or tokenizer.json); needed by multi_turn")
-    p.add_argument("--trace-block-size", type=int, default=MOONCAKE_BLOCK_SIZE, help="tokens per trace hash id")
     return p
 
 
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         url = args.url or cfg.url
         if not url:
             raise WorkloadError("no endpoint: pass --url or set benchmark.url")
-        workload = build_workload(cfg, block_size=args.trace_block_size)
+        workload = build_workload(cfg)
         retokenize = _retokenizer(args.tokenizer) if args.tokenizer else None
         result = asyncio.run(_run(url, args.model, cfg, workload, retokenize))
     except (WorkloadError, EndpointError) as e:

@@ -28,17 +28,21 @@ class BenchmarkCallback(Callback):
     def __init__(self) -> None:
         self._total = 0
         self._done = 0
+        self._swept: set[str] = set()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        self._total = math.prod(len(list(o.sweep_string_iterator())) for o in overrides if o.is_sweep_override())
+        swept = [o for o in overrides if o.is_sweep_override()]
+        self._total = math.prod(len(list(o.sweep_string_iterator())) for o in swept)
+        self._swept = {o.get_key_element() for o in swept}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self._total:
             return
         progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                             console=Console(stderr=True))
-        progress.add_task(" ".join(config.hydra.overrides.task), total=self._total, completed=self._done)
+        job = [o for o in config.hydra.overrides.task if o.split("=", 1)[0] in self._swept]
+        progress.add_task(" ".join(job), total=self._total, completed=self._done)
         progress.console.print(progress.get_renderable())
         self._done += 1
 

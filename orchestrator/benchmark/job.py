@@ -1,6 +1,7 @@
 """A benchmark job: a deployment up (or the one the sweep's previous job left running,
-when only the workload changed), the load process driven against it, the outcome in
-the job's directory.
+when only the workload changed, its prefix caches flushed so that no job starts warm
+from the one before), the load process driven against it, the outcome in the job's
+directory.
 
 Hydra runs a sweep's jobs one after the other in this process. The deployment lives in
 `DEPLOYMENT`, on one event loop kept across the jobs: between two jobs its processes
@@ -24,12 +25,14 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import aiohttp
 import yaml
 
 from orchestrator.config.schema import LaunchConfig
 from orchestrator.errors import LaunchError
 from orchestrator.plan import LaunchPlan
 from orchestrator.plan.build import tokenizer_path
+from orchestrator.roles import Role
 from orchestrator.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class KeptDeployment:
     async def up(self, key: str, plan: LaunchPlan, cfg: LaunchConfig) -> bool:
         """Bring the deployment for `key` up; False when the running one is reused."""
         if self._key == key and self._task is not None and not self._task.done():
+            await _flush_caches(self._supervisor.plan)
             return False
         await self.down()
         supervisor = Supervisor(plan, cfg, announce=lambda text: log.info("%s", text.splitlines()[0]), live_view=False)
@@ -117,6 +121,19 @@ def run_job(cfg: LaunchConfig, plan: LaunchPlan, deployment_key: str, job_dir: P
         DEPLOYMENT.close()
     failed = status["status"] == "failed"
     return 1 if failed and (bench.stop_on_failure or not multirun) else 0
+
+
+async def _flush_caches(plan: LaunchPlan) -> None:
+    """SGLang's `flush_cache` on every worker (its `/engine/flush_cache`), which also
+    tells the KV router's index through the workers' KV events."""
+    urls = [p.health_url.removesuffix("/health") + "/engine/flush_cache"
+            for p in plan.processes if p.role is Role.worker and p.node_rank == 0]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        for url in urls:
+            async with http.post(url, json={}) as response:
+                body = await response.json(content_type=None)
+            if response.status != 200 or not body.get("success", False):
+                raise JobFailed(f"cannot flush the prefix cache at {url}: {body}")
 
 
 def _gpus(plan: LaunchPlan) -> int:

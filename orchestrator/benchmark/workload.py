@@ -40,7 +40,6 @@ from pathlib import Path
 from orchestrator.config.schema import BenchmarkConfig
 
 TOKEN_RANGE = range(1000, 100_000)
-MOONCAKE_BLOCK_SIZE = 512
 WORKLOADS = ("synthetic", "shared_prefix", "multi_turn", "trace")
 
 
@@ -76,7 +75,7 @@ class Workload:
         return sum(len(s.turns) for s in self.sessions)
 
 
-def build_workload(cfg: BenchmarkConfig, *, block_size: int = MOONCAKE_BLOCK_SIZE) -> Workload:
+def build_workload(cfg: BenchmarkConfig) -> Workload:
     if cfg.workload not in WORKLOADS:
         raise WorkloadError(f"unknown workload {cfg.workload!r}; one of {', '.join(WORKLOADS)}")
     if cfg.num_requests < 1:
@@ -90,7 +89,7 @@ def build_workload(cfg: BenchmarkConfig, *, block_size: int = MOONCAKE_BLOCK_SIZ
     elif cfg.workload == "multi_turn":
         sessions = _multi_turn(cfg, rng)
     else:
-        sessions = _trace(cfg, block_size)
+        sessions = _trace(cfg, cfg.trace_block_size)
     warm = random.Random(f"{cfg.seed}/warmup")
     warmup = [_single(-1 - i, _tokens(warm, _length(warm, cfg.isl, cfg.isl_stddev)), cfg, warm)
               for i in range(cfg.warmup_requests)]

@@ -194,6 +194,7 @@ class BenchmarkConfig:
     turns: int = 1
     trace: Optional[str] = None  # Mooncake-style JSONL
     trace_speedup: float = 1.0
+    trace_block_size: int = 512  # tokens per trace hash id (Mooncake's traces use 512)
     concurrency: Optional[int] = 8
     concurrency_per_gpu: Optional[float] = None  # instead of a concurrency: this many per GPU of the deployment
     request_rate: Optional[float] = None  # requests/s instead of a concurrency

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_trace_blocks_with_the_same_hash_id_are_the_same_tokens(tmp_path: Path):
         {"timestamp": 3000, "input_length": 10, "output_length": 5, "hash_ids": [1, 2, 3]},
     ])
     cfg = BenchmarkConfig(workload="trace", trace=trace, trace_speedup=2.0, num_requests=100)
-    workload = build_workload(cfg, block_size=4)
+    workload = build_workload(replace(cfg, trace_block_size=4))
     a, b, c, d = _prompts(workload)
     assert [len(a), len(b), len(c), len(d)] == [10, 9, 12, 10]
     assert a[:8] == b[:8] == d[:8]  # blocks 1 and 2
@@ -92,7 +93,7 @@ def test_trace_blocks_with_the_same_hash_id_are_the_same_tokens(tmp_path: Path):
     assert [s.turns[0].osl for s in workload.sessions] == [3, 4, 5, 5]
     assert [s.arrival_s for s in workload.sessions] == [0.0, 0.25, 1.0, 1.0]  # relative to the first, / speedup
     assert workload.timed
-    assert _prompts(build_workload(cfg, block_size=4)) == [a, b, c, d]
+    assert _prompts(build_workload(replace(cfg, trace_block_size=4))) == [a, b, c, d]
 
 
 def test_trace_is_cut_at_num_requests(tmp_path: Path):
