@@ -87,6 +87,9 @@ class FrontendMetrics:
         self.leg_first_reply = Histogram("dynamo_frontend_worker_time_to_first_reply_seconds",
                                          "From sending a leg to its first reply (a prefill leg: its only one)", leg,
                                          buckets=LATENCY_BUCKETS, registry=registry)
+        self.kv_transfer = Histogram("dynamo_frontend_kv_transfer_seconds",
+                                     "Time a disaggregated request's KV took to move from prefill to decode, as the "
+                                     "prefill worker measured it", ("model",), buckets=LATENCY_BUCKETS, registry=registry)
         self.leg_duration = Histogram("dynamo_frontend_worker_request_duration_seconds", "From sending a leg to its end",
                                       leg, buckets=LATENCY_BUCKETS, registry=registry)
 

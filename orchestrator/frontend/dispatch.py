@@ -185,6 +185,8 @@ class Dispatcher:
                         status = _status(reply) or status
                         if isinstance(reply, m.ErrorReply):
                             return reply
+                        if reply.kv_transfer_s is not None:
+                            self.metrics.kv_transfer.labels(model=model.name).observe(reply.kv_transfer_s)
                 return None
             finally:
                 prefill.release(status)

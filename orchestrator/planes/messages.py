@@ -78,6 +78,7 @@ class Chunk(msgspec.Struct, tag="chunk", omit_defaults=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    kv_transfer_s: Optional[float] = None  # a prefill leg's last chunk: how long its KV took to hand over
 
     def extend(self, later: Chunk) -> None:
         """Take in the next chunk of the same request, as if both had come as one: its

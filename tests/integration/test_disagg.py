@@ -62,6 +62,8 @@ def test_streamed_chat_runs_both_legs_each_counted_where_it_ran(tmp_path):
         for leg in ("prefill", "decode"):
             assert metric_value(url, "dynamo_frontend_worker_requests_total", worker_type=leg, status="ok") == 2
             assert metric_value(url, "dynamo_frontend_worker_time_to_first_reply_seconds_count", worker_type=leg) == 2
+        assert metric_value(url, "dynamo_frontend_kv_transfer_seconds_count") == 2
+        assert metric_value(url, "dynamo_frontend_kv_transfer_seconds_sum") > 0
 
 
 def _inflight(records: list) -> list:

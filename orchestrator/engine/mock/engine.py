@@ -11,6 +11,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from typing import AsyncIterator, Callable, Optional
 
 from prometheus_client import CollectorRegistry
@@ -171,14 +172,20 @@ class MockEngine(Engine):
 
     async def _stream(self, scheduler: Scheduler, req: Request) -> AsyncIterator[Chunk]:
         finished = False
+        transfer_s = None
         try:
             while True:
                 item = await req.outbox.get()
                 if isinstance(item, EngineError):
                     raise item
                 if isinstance(item, LegReady):
+                    started = time.monotonic()
                     await self._leg(scheduler, req, item)
+                    if req.role is Role.PREFILL_LEG and req.bootstrap is not None:
+                        transfer_s = time.monotonic() - started
                     continue
+                if item.finish_reason is not None and transfer_s is not None:
+                    item.kv_transfer_s = transfer_s
                 yield item
                 if item.finish_reason is not None:
                     finished = True
