@@ -3,8 +3,9 @@
 A frontend sends `GenerateRequest`, `EmbedRequest` or `Cancel` to a worker; the
 worker streams back `Chunk`s (the last one carries `finish_reason` and usage), one
 `Embeddings`, or an `ErrorReply`. Every message names its request, so one connection
-carries many requests at once, and a worker sends what it has for one connection as
-one `Replies` frame: one send per scheduler step, not one per request.
+carries many requests at once. Messages made together for one connection travel as
+one frame (`Requests`, `Replies`): a worker's replies of one scheduler step, say,
+cost one send, not one per request.
 """
 
 from __future__ import annotations
@@ -122,6 +123,12 @@ ToWorker = Union[GenerateRequest, EmbedRequest, Cancel]
 FromWorker = Union[Chunk, Embeddings, ErrorReply]
 
 
+class Requests(msgspec.Struct, tag="requests"):
+    """Several messages to one worker in one frame, in the order they were made."""
+
+    messages: list[ToWorker]
+
+
 class Replies(msgspec.Struct, tag="replies"):
     """Several replies to one frontend in one frame, in the order they were made."""
 
@@ -131,6 +138,7 @@ class Replies(msgspec.Struct, tag="replies"):
 _encoder = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(ToWorker)
 _from_worker = msgspec.msgpack.Decoder(FromWorker)
+_to_worker_frame = msgspec.msgpack.Decoder(GenerateRequest | EmbedRequest | Cancel | Requests)
 _frame = msgspec.msgpack.Decoder(Chunk | Embeddings | ErrorReply | Replies)
 
 
@@ -144,6 +152,17 @@ def decode_to_worker(data: bytes) -> ToWorker:
 
 def decode_from_worker(data: bytes) -> FromWorker:
     return _from_worker.decode(data)
+
+
+def encode_requests(messages: list[ToWorker]) -> bytes:
+    """One frame for `messages`: a lone message as itself, several as `Requests`."""
+    return _encoder.encode(messages[0] if len(messages) == 1 else Requests(messages))
+
+
+def decode_requests(data: bytes) -> list[ToWorker]:
+    """The messages in a frame a frontend sent (one message or `Requests`)."""
+    message = _to_worker_frame.decode(data)
+    return message.messages if isinstance(message, Requests) else [message]
 
 
 def encode_replies(replies: list[FromWorker]) -> bytes:

@@ -91,19 +91,23 @@ class RequestServer:
             while True:
                 identity, payload = await self._socket.recv_multipart()
                 try:
-                    message = m.decode_to_worker(payload)
+                    messages = m.decode_requests(payload)
                 except Exception as e:  # a malformed frame must not stop the server
                     log.warning("dropping a malformed request-plane message: %s", e)
                     continue
-                if isinstance(message, m.Cancel):
-                    self._cancel(message.request_id)
-                elif not self._accepting:
-                    self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.ENGINE_SHUTDOWN, "worker is draining"))
-                elif message.request_id in self._tasks:
-                    self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.INVALID, "duplicate request id"))
-                else:
-                    self._idle.clear()
-                    self._tasks[message.request_id] = (identity, tasks.create_task(self._run(identity, message)))
+                for message in messages:
+                    self._take(tasks, identity, message)
+
+    def _take(self, tasks: asyncio.TaskGroup, identity: bytes, message: m.ToWorker) -> None:
+        if isinstance(message, m.Cancel):
+            self._cancel(message.request_id)
+        elif not self._accepting:
+            self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.ENGINE_SHUTDOWN, "worker is draining"))
+        elif message.request_id in self._tasks:
+            self._send(identity, m.ErrorReply(message.request_id, m.ErrorKind.INVALID, "duplicate request id"))
+        else:
+            self._idle.clear()
+            self._tasks[message.request_id] = (identity, tasks.create_task(self._run(identity, message)))
 
     def _cancel(self, request_id: str) -> None:
         if request_id in self._tasks:
@@ -167,18 +171,20 @@ class RequestClient:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = asyncio.Event()
         self._streams: dict[str, _Inbox] = {}
+        self._outgoing: list[m.ToWorker] = []  # not yet sent; `_sender` sends them as one frame
+        self._ready = asyncio.Event()  # set when `_outgoing` has something
         self._tasks: asyncio.TaskGroup | None = None
 
     async def __aenter__(self) -> RequestClient:
         self._socket.connect(self.address)
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
-        self._readers = [self._tasks.create_task(self._read()), self._tasks.create_task(self._watch())]
+        self._background = [self._tasks.create_task(task) for task in (self._read(), self._watch(), self._sender())]
         return self
 
     async def __aexit__(self, *exc) -> None:
         self._fail_all(f"stopped talking to {self.address}")
-        for task in self._readers:
+        for task in self._background:
             task.cancel()
         await self._tasks.__aexit__(None, None, None)
         self._socket.disable_monitor()
@@ -197,7 +203,7 @@ class RequestClient:
         self._streams[request.request_id] = inbox
         finished = False
         try:
-            await self._socket.send(m.encode(request))
+            self._send(request)
             while True:
                 reply = await inbox.get()
                 # The worker is done once its last reply is here, even if the consumer
@@ -225,8 +231,26 @@ class RequestClient:
             inbox.put(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
 
     async def cancel(self, request_id: str) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            await self._socket.send(m.encode(m.Cancel(request_id)))
+        self._send(m.Cancel(request_id))
+
+    def _send(self, message: m.ToWorker) -> None:
+        self._outgoing.append(message)
+        self._ready.set()
+
+    async def _sender(self) -> None:
+        """Send what the requests made since the last send as one frame: requests that
+        come in together (several HTTP requests read in one loop turn) cost one send."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            outgoing, self._outgoing = self._outgoing, []
+            try:
+                await self._socket.send(m.encode_requests(outgoing))
+            except zmq.ZMQError as e:  # the requests never left: end their streams as a lost worker would
+                for message in outgoing:
+                    if message.request_id in self._streams and not isinstance(message, m.Cancel):
+                        self._streams[message.request_id].put(
+                            m.ErrorReply(message.request_id, m.ErrorKind.DISCONNECTED, str(e)))
 
     async def _read(self) -> None:
         while True:

@@ -72,3 +72,16 @@ def test_a_cancel_stops_the_handler_and_is_reported():
 
     assert asyncio.run(_serve(handler, exchange, cancelled.append)) == [m.Chunk("a", token_ids=[1])]
     assert cancelled == ["a"]
+
+
+def test_requests_sent_in_one_frame_are_all_served():
+    async def handler(request):
+        yield m.Chunk(request.request_id, token_ids=[7], finish_reason="length")
+
+    async def exchange(dealer):
+        requests = [m.GenerateRequest(rid, token_ids=[1]) for rid in ("a", "b")]
+        await dealer.send(m.encode_requests(requests))
+        return await _received(dealer, 2)
+
+    replies = asyncio.run(_serve(handler, exchange))
+    assert sorted(r.request_id for r in replies) == ["a", "b"]
