@@ -9,12 +9,14 @@ gone), cancels the task, and closing the handler aborts the engine request. Afte
 `stop_accepting()` new requests are refused with a migratable `engine_shutdown` error.
 
 Frontend side, `RequestClient`: one DEALER per worker carries any number of
-concurrent requests, demultiplexed by request id. A stream whose consumer fell behind
-gets the chunks already waiting for it merged into one, as SGLang streams with a
-stream interval under load: the frontend then detokenizes, matches stop strings and
-writes an event once for all of them. When the worker's connection drops, every
-request in flight on it ends with a migratable `disconnected` error, and a request to
-a worker that cannot be reached fails the same way after a connect timeout.
+concurrent requests, demultiplexed by request id. Requests made together go out as
+one frame too, and so reach the worker's scheduler in one step. A stream whose
+consumer fell behind gets the chunks already waiting for it merged into one, as
+SGLang streams with a stream interval under load: the frontend then detokenizes,
+matches stop strings and writes an event once for all of them. When the worker's
+connection drops, every request in flight on it ends with a migratable `disconnected`
+error, and a request to a worker that cannot be reached fails the same way after a
+connect timeout.
 """
 
 from __future__ import annotations
