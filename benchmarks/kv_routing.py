@@ -13,8 +13,8 @@ Prompts are token ids sent to `/v1/completions` (streamed, `max_tokens`
 
 The deployment is the real CLI: `dynamo-launch +recipe=llama8b_kv_router engine=mock`
 with `--workers` aggregated workers (KV events on, page size 16, Llama-3.1-8B timing on
-H100 at `--speedup`), once with the recipe's `router=kv` (its overlap score weight
-from `--overlap-score-weight`) and once with `router=round_robin`, freshly started (cold caches) for every run. The runs alternate
+H100 at `--speedup`), once with the recipe's `router=kv` (its overlap score weight,
+or `--overlap-score-weight`) and once with `router=round_robin`, freshly started (cold caches) for every run. The runs alternate
 their order over `--repeats` repeats; medians are reported.
 
 Per request the client records the time to the first streamed token (TTFT, from
@@ -105,7 +105,7 @@ class Deployment:
                      f"deployment.groups.agg.replicas={args.workers}", f"engine.mock.speedup_ratio={args.speedup}",
                      f"frontend.port={self.port}", f"ports.base={base}", f"ports.sglang_base={base + 4000}",
                      f"hydra.run.dir={self.log.with_suffix('')}"]
-        if router == "kv":
+        if router == "kv" and args.overlap_score_weight is not None:
             self.argv.append(f"router.overlap_score_weight={args.overlap_score_weight}")
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = args.workers
@@ -266,7 +266,7 @@ def main() -> None:
     parser.add_argument("--system-tokens", type=int, default=1000)
     parser.add_argument("--session-rate", type=float, default=1.0, help="sessions started per second")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
-    parser.add_argument("--overlap-score-weight", type=float, default=1.0, help="the kv router's (the recipe's: 1)")
+    parser.add_argument("--overlap-score-weight", type=float, help="the kv router's (default: the recipe's, 2)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamo-launch", default=shutil.which("dynamo-launch")
