@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from orchestrator.router import Candidate, KvPolicy, KvRouter, RouterBusy
@@ -37,32 +35,6 @@ def test_overlap_is_the_longest_consecutive_prefix_per_slot():
     index.forget(2)
     assert index.overlaps(h) == {}
     assert len(index) == 4  # slot 3's blocks
-
-
-def test_overlaps_match_a_brute_force_count_under_random_churn():
-    rng = random.Random(7)
-    index = PrefixIndex()
-    prompts = [sequence_hashes([rng.randrange(50) for _ in range(PAGE * 12)], PAGE) for _ in range(6)]
-    held: dict = {}
-    for _ in range(2000):
-        slot = (rng.randrange(5), rng.randrange(2))
-        prompt = rng.choice(prompts)
-        depth = rng.randrange(len(prompt) + 1)
-        if rng.random() < 0.6:
-            index.stored(slot, prompt[:depth])
-            held.setdefault(slot, set()).update(prompt[:depth])
-        else:
-            index.removed(slot, prompt[depth:])
-            held.setdefault(slot, set()).difference_update(prompt[depth:])
-        query = rng.choice(prompts)
-        expected = {}
-        for s, hashes in held.items():
-            n = 0
-            while n < len(query) and query[n] in hashes:
-                n += 1
-            if n:
-                expected[s] = n
-        assert index.overlaps(query) == expected
 
 
 def test_approximate_index_forgets_after_the_ttl_and_past_its_size():
