@@ -99,13 +99,14 @@ def _compare(jobs: list[dict], concurrencies: list[int]) -> list[dict]:
 
 def _print(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"Llama-3.3-70B FP8 on 8 x H100 (mock roofline, speed-up {args.speedup:g}), ISL {args.isl} / OSL {args.osl}")
-    print(f"{'conc':>5} | {'tok/s/GPU agg':>13} {'disagg':>8} {'ratio':>6} | {'TTFT p50 agg':>12} {'disagg':>8} | "
-          f"{'ITL p50 agg':>11} {'disagg':>8}")
+    print(f"{'conc':>5} | {'tok/s/GPU agg':>13} {'disagg':>7} {'ratio':>6} | {'TTFT p50/p99 ms agg':>19} {'disagg':>11} | "
+          f"{'ITL p50/p99 ms agg':>18} {'disagg':>11}")
     for r in rows:
         a, d = r["agg"], r["disagg"]
-        print(f"{r['concurrency']:>5} | {a['output_tps_per_gpu']:>13.1f} {d['output_tps_per_gpu']:>8.1f} "
-              f"{r['tps_per_gpu_ratio']:>5.2f}x | {a['ttft_p50_ms']:>10.0f}ms {d['ttft_p50_ms']:>6.0f}ms | "
-              f"{a['itl_p50_ms']:>9.1f}ms {d['itl_p50_ms']:>6.1f}ms")
+        print(f"{r['concurrency']:>5} | {a['output_tps_per_gpu']:>13.1f} {d['output_tps_per_gpu']:>7.1f} "
+              f"{r['tps_per_gpu_ratio']:>5.2f}x | {a['ttft_p50_ms']:>9.0f} / {a['ttft_p99_ms']:<7.0f} "
+              f"{d['ttft_p50_ms']:>5.0f} / {d['ttft_p99_ms']:<5.0f}| {a['itl_p50_ms']:>9.1f} / {a['itl_p99_ms']:<6.1f} "
+              f"{d['itl_p50_ms']:>4.1f} / {d['itl_p99_ms']:<5.1f}")
 
 
 if __name__ == "__main__":
