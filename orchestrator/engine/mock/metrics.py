@@ -112,6 +112,10 @@ class EngineMetrics:
         self.num_aborted_requests = Counter(
             "sglang:num_aborted_requests_total", "Number of requests aborted.", _TOKENIZER, registry=registry
         ).labels(**plain)
+        self.num_transfer_failed_reqs = Counter(
+            "sglang:num_transfer_failed_reqs_total", "Number of disaggregated requests whose KV transfer failed.",
+            _TOKENIZER, registry=registry
+        ).labels(**plain)
         self.time_to_first_token = Histogram(
             "sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", _STREAMING,
             registry=registry, buckets=_TTFT_BUCKETS,

@@ -137,9 +137,12 @@ class Scheduler:
         self._wake.set()
 
     def fail(self, req: Request) -> None:
-        """A transfer failed: free the KV without caching it; the stream raises the error."""
+        """A transfer failed (its peer aborted, timed out, went away): free the KV without
+        caching it; the stream raises the error."""
         if req.phase is Phase.FINISHED:
             return
+        if self._metrics:
+            self._metrics.num_transfer_failed_reqs.inc()
         self._detach(req)
         if req.slot is not None:
             self.cache.release(req.slot)
