@@ -12,9 +12,10 @@ from orchestrator.planes import messages as m
 from orchestrator.planes.request import RequestClient
 
 
-async def _exchange(stop_after_final: bool) -> list:
-    """A raw ROUTER plays the worker: one chunk, then the final one. Returns what the
-    client sent after the request."""
+@contextlib.asynccontextmanager
+async def _one_request():
+    """A raw ROUTER plays the worker for one streamed request "r": yields the ROUTER,
+    the stream, the task reading its first reply and the client's identity."""
     router = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     try:
@@ -23,18 +24,25 @@ async def _exchange(stop_after_final: bool) -> list:
             async with contextlib.aclosing(stream):
                 first = asyncio.ensure_future(anext(stream))
                 identity, _ = await router.recv_multipart()
-                await router.send_multipart([identity, m.encode(m.Chunk("r", token_ids=[5]))])
-                await first
-                if stop_after_final:
-                    await router.send_multipart([identity, m.encode(m.Chunk("r", [6], finish_reason="length"))])
-                    await anext(stream)  # the consumer stops right after the final chunk
-            sent = []
-            with contextlib.suppress(TimeoutError):
-                while True:
-                    sent.append(m.decode_to_worker((await asyncio.wait_for(router.recv_multipart(), 0.3))[1]))
-            return sent
+                yield router, stream, first, identity
     finally:
         router.close(0)
+
+
+async def _exchange(stop_after_final: bool) -> list:
+    """One chunk, then (or not) the final one. Returns what the client sent after the request."""
+    async with _one_request() as (router, stream, first, identity):
+        await router.send_multipart([identity, m.encode(m.Chunk("r", token_ids=[5]))])
+        await first
+        if stop_after_final:
+            await router.send_multipart([identity, m.encode(m.Chunk("r", [6], finish_reason="length"))])
+            await anext(stream)  # the consumer stops right after the final chunk
+        await stream.aclose()
+        sent = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                sent.append(m.decode_to_worker((await asyncio.wait_for(router.recv_multipart(), 0.3))[1]))
+        return sent
 
 
 def test_a_finished_request_owes_no_cancel():
@@ -46,19 +54,10 @@ def test_an_abandoned_request_is_cancelled():
 
 
 async def _replies_to(frame: list[m.FromWorker]) -> list[m.FromWorker]:
-    """A raw ROUTER sends `frame` (as one `Replies` frame) for request "r"; what the consumer reads."""
-    router = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    try:
-        async with RequestClient(f"tcp://127.0.0.1:{port}") as client:
-            stream = client.stream(m.GenerateRequest(request_id="r", token_ids=[1]))
-            async with contextlib.aclosing(stream):
-                first = asyncio.ensure_future(anext(stream))
-                identity, _ = await router.recv_multipart()
-                await router.send_multipart([identity, m.encode_replies(frame)])
-                return [await first] + [reply async for reply in stream]
-    finally:
-        router.close(0)
+    """The ROUTER sends `frame` (as one `Replies` frame) for request "r"; what the consumer reads."""
+    async with _one_request() as (router, stream, first, identity):
+        await router.send_multipart([identity, m.encode_replies(frame)])
+        return [await first] + [reply async for reply in stream]
 
 
 def test_chunks_waiting_together_reach_the_consumer_as_one():
