@@ -36,7 +36,9 @@ def test_registers_and_its_lease_expires_after_sigkill(tmp_path):
 
 
 def test_streams_deterministic_tokens_and_reports_cached_prefix(tmp_path):
-    with worker(tmp_path, "w"):
+    # Real-time steps (~2 ms each): a client that falls behind gets the tokens waiting
+    # for it merged into one chunk, and this test looks at tokens arriving one by one.
+    with worker(tmp_path, "w", speedup=1.0):
         address = address_of(tmp_path)
         first = asyncio.run(collect(address, request("r1", PROMPT, max_tokens=12)))
         second = asyncio.run(collect(address, request("r2", PROMPT, max_tokens=12)))
