@@ -32,6 +32,33 @@ as the engine inserts a finished sequence. Its caches are unbounded, so the scri
 reports the `removed` KV events the kv run's index applied: 0 means the workers
 evicted nothing either. The oracle has no TTFT: it serves nothing.
 
+The peer runs in the same loop on the same trace and client: NVIDIA Dynamo 1.6.1's
+frontend (`--router-mode kv`, KV events on, the same overlap score weight) in front of
+`--workers` of its mockers (`--engine-type sglang --block-size 16`, prefix caching on,
+16,384 blocks each), started from `--peer-python` on file discovery, the TCP request
+plane and the ZMQ event plane (`sides.peer_kv_side`); each mocker publishes its KV
+events on the event plane by itself. Its usage carries no `cached_tokens`, so the
+client asks for `nvext.timing` and takes the router's `kv_hit_rate` (overlap blocks
+over the prompt's blocks, the last one partial) times the prompt's blocks as cached.
+That is the frontend's view of the chosen worker's cache, which is the cache itself
+only if the events arrive: the script reports the `stored` events the peer's index
+applied (more than 0 means they do) and its hit rate is read against ours under
+round-robin, which serves the same caches blindly. The peer's run gets its own oracle
+on its own timeline; its mocker stores a prompt's blocks once they are prefilled, not
+when the request finishes as ours and the oracle do, so it can beat that oracle a little.
+
+Timing: the two mocks do not share a model. Ours follows a roofline: a prefill step
+of n new tokens costs 2 ms + 32.5 us x n of simulated time (8.03 B parameters, 989
+TFLOP/s at 50 %), a decode step about 8.9 ms. The peer's mocker (SGLang polynomial,
+measured through its `nvext.timing.prefill_time_ms` at speedup 1) costs about 18 ms +
+16 us x n for n up to 3,000, a decode step about 5 ms. No speedup makes both terms
+match. The peer runs at `--peer-speedup`, by default `--speedup` x 16 / 32.5, which
+gives the same cost per prefilled token, the part routing saves, and a decode step
+within 15 % of ours (about 5.1 ms against 4.5 ms at our speedup 2); the price is a
+fixed cost per prefill 9x ours (about 18 ms against 1 ms of wall time), so the peer's
+TTFT carries about 17 ms that has nothing to do with routing. Hit rate and
+uncached tokens per request compare routing; TTFT ratios include that constant.
+
 Goals: kv's hit rate >= 95 % of the oracle's; kv's TTFT p50 at least 3x better than
 round-robin's.
 
@@ -45,9 +72,9 @@ import asyncio
 import json
 import os
 import random
-import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -60,10 +87,13 @@ from pathlib import Path
 from typing import Self
 
 import aiohttp
+from sides import Fleet, kv_events_applied, peer_kv_side
 
 from orchestrator.engine.mock.kv_cache import KvCache
 
 PAGE = 16
+PEER_SPEEDUP_SCALE = 16.0 / 32.5  # the peer's prefill cost per token over ours at equal speedup
+REPO = Path(__file__).resolve().parent.parent
 VOCAB = (1000, 100_000)  # token ids drawn from here: ordinary tokens of the served tokenizer
 
 
@@ -155,19 +185,41 @@ def http_get(url: str) -> str:
         return r.read().decode()
 
 
-def removed_events(url: str) -> float:
-    """KV `removed` events the frontend's index applied: evictions on the workers."""
-    pattern = re.compile(r'^dynamo_router_kv_cache_events_applied_total\{[^}]*event_type="removed"[^}]*\} (\S+)$')
-    return sum(float(m.group(1)) for line in http_get(f"{url}/metrics").splitlines() if (m := pattern.match(line)))
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PeerDeployment:
+    """Dynamo 1.6.1's KV-routed frontend and mockers (`sides.Fleet`) for a `with` block."""
+
+    model = "meta-llama/Llama-3.1-8B-Instruct"  # served from the tiny model's tokenizer: ids up to 128,000
+
+    def __init__(self, args, log_dir: Path):
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        run_dir = Path(tempfile.mkdtemp(prefix="peer-", dir=log_dir))
+        side = peer_kv_side(args.peer_python, str(REPO / "orchestrator" / "models" / "tiny"), self.model,
+                            args.workers, args.peer_speedup, port, run_dir, args.overlap_score_weight or 2.0)
+        self.fleet = Fleet(side, self.url, self.model, log_dir, ready_timeout=180)
+
+    def __enter__(self) -> Self:
+        self.fleet.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fleet.__exit__(*exc)
 
 
 # -- the load ---------------------------------------------------------------------------------
 
-async def request(session: aiohttp.ClientSession, url: str, model: str, prompt: list[int], max_tokens: int) -> dict:
+async def request(session: aiohttp.ClientSession, url: str, model: str, prompt: list[int], max_tokens: int,
+                  extra: dict) -> dict:
     payload = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
-               "stream": True, "stream_options": {"include_usage": True}}
+               "stream": True, "stream_options": {"include_usage": True}, **extra}
     sent = time.perf_counter()
-    first, usage = None, None
+    first, usage, timing = None, None, {}
     async with session.post(f"{url}/v1/completions", json=payload) as resp:
         if resp.status != 200:
             return {"sent": sent, "error": f"HTTP {resp.status}"}
@@ -178,15 +230,21 @@ async def request(session: aiohttp.ClientSession, url: str, model: str, prompt: 
             if "error" in event:
                 return {"sent": sent, "error": str(event["error"])}
             usage = event.get("usage") or usage
+            timing = (event.get("nvext") or {}).get("timing") or timing
             if first is None and any(c.get("text") or c.get("finish_reason") for c in event.get("choices", ())):
                 first = time.perf_counter()
     if first is None or usage is None:
         return {"sent": sent, "error": "no token or no usage"}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is None and "kv_hit_rate" in timing:  # the peer: its router's overlap, in blocks
+        blocks = -(-usage["prompt_tokens"] // PAGE)
+        cached = min(round(timing["kv_hit_rate"] * blocks) * PAGE, usage["prompt_tokens"])
     return {"sent": sent, "first": first, "done": time.perf_counter(), "prompt_tokens": usage["prompt_tokens"],
-            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+            "cached_tokens": cached or 0}
 
 
-async def replay(url: str, model: str, conversations: list[Conversation], max_tokens: int) -> list[dict]:
+async def replay(url: str, model: str, conversations: list[Conversation], max_tokens: int,
+                 extra: dict) -> list[dict]:
     records: list[dict] = []
     started = time.perf_counter()
 
@@ -195,7 +253,7 @@ async def replay(url: str, model: str, conversations: list[Conversation], max_to
         for turn, prompt in enumerate(conv.prompts):
             if turn:
                 await asyncio.sleep(conv.think_s[turn - 1])
-            record = await request(http, url, model, prompt, max_tokens)
+            record = await request(http, url, model, prompt, max_tokens, extra)
             records.append({"conversation": c, "turn": turn, "prompt": prompt, **record})
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http, \
@@ -246,12 +304,18 @@ def summary(records: list[dict]) -> dict:
             "duration_s": max((r["done"] for r in ok), default=0.0)}
 
 
-def run_one(args, router: str, conversations: list[Conversation], log_dir: Path) -> tuple[dict, list[dict]]:
-    with Deployment(args, router, log_dir) as deployment:
-        records = asyncio.run(replay(deployment.url, deployment.model(), conversations, args.max_tokens))
+def run_one(args, name: str, conversations: list[Conversation], log_dir: Path) -> tuple[dict, list[dict]]:
+    side, router = name.split("-")
+    deployment = PeerDeployment(args, log_dir) if side == "peer" else Deployment(args, router, log_dir)
+    extra = {"nvext": {"extra_fields": ["timing"]}} if side == "peer" else {}
+    with deployment:
+        model = deployment.model if side == "peer" else deployment.model()
+        records = asyncio.run(replay(deployment.url, model, conversations, args.max_tokens, extra))
         result = summary(records)
         if router == "kv":
-            result["removed_events"] = removed_events(deployment.url)
+            metrics = http_get(f"{deployment.url}/metrics")
+            result["stored_events"] = kv_events_applied(metrics, "stored")
+            result["removed_events"] = kv_events_applied(metrics, "removed")
     result["records"] = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
     return result, records
 
@@ -271,9 +335,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dynamo-launch", default=shutil.which("dynamo-launch")
                         or str(Path(sys.executable).parent / "dynamo-launch"))
+    parser.add_argument("--peer-python", default=os.environ.get("PEER_PYTHON", "/tmp/dynvenv/bin/python"),
+                        help="python of the venv with ai-dynamo 1.6.1; '' leaves the peer out [PEER_PYTHON]")
+    parser.add_argument("--peer-speedup", type=float,
+                        help=f"its mockers' --speedup-ratio (default: --speedup x {PEER_SPEEDUP_SCALE:.3f}, see above)")
     parser.add_argument("--log-dir", help="process logs (default: a temporary directory)")
     parser.add_argument("--out", help="write the configuration and every run (with its requests) as JSON here")
     args = parser.parse_args()
+    if args.peer_speedup is None:
+        args.peer_speedup = round(args.speedup * PEER_SPEEDUP_SCALE, 3)
+    if args.peer_python and not os.access(args.peer_python, os.X_OK):
+        parser.error(f"--peer-python {args.peer_python} is not an executable python ('' to leave the peer out)")
 
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="kv_routing-"))
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -281,30 +353,43 @@ def main() -> None:
     print(f"trace: {sum(len(c.prompts) for c in conversations)} requests, "
           f"{sum(map(len, (p for c in conversations for p in c.prompts))):,} prompt tokens; logs in {log_dir}",
           flush=True)
-    runs: dict[str, list[dict]] = {"kv": [], "round_robin": [], "oracle": []}
+    names = ["ours-kv", "ours-round_robin"] + (["peer-kv"] if args.peer_python else [])
+    runs: dict[str, list[dict]] = {name: [] for name in names + ["oracle"] + (["peer-oracle"] if args.peer_python else [])}
     for repeat in range(args.repeats):
-        for router in ("kv", "round_robin") if repeat % 2 == 0 else ("round_robin", "kv"):
-            result, records = run_one(args, router, conversations, log_dir)
-            runs[router].append(result)
-            if router == "kv":
-                runs["oracle"].append(oracle([r for r in records if "error" not in r], args.workers))
-            print(f"repeat {repeat + 1} {router}: " + ", ".join(
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            result, records = run_one(args, name, conversations, log_dir)
+            runs[name].append(result)
+            if name.endswith("kv"):
+                best = oracle([r for r in records if "error" not in r], args.workers)
+                runs["oracle" if name == "ours-kv" else "peer-oracle"].append(best)
+            print(f"repeat {repeat + 1} {name}: " + ", ".join(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "records"),
                 flush=True)
 
     med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "records"}
            for name, rs in runs.items()}
-    kv, rr, best = med["kv"], med["round_robin"], med["oracle"]
-    print(f"\n{args.workers} mock workers (Llama-3.1-8B on H100, speed-up {args.speedup:g}), "
-          f"medians of {args.repeats} repeats")
-    print(f"{'router':12} {'hit rate':>9} {'uncached/req':>13} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} {'errors':>7}")
-    for name, m in (("kv", kv), ("round_robin", rr)):
-        print(f"{name:12} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {m['ttft_p50_ms']:12.1f} "
+    kv, rr, best = med["ours-kv"], med["ours-round_robin"], med["oracle"]
+    print(f"\n{args.workers} mock workers (Llama-3.1-8B on H100, speed-up {args.speedup:g}; the peer's mockers at "
+          f"{args.peer_speedup:g}), medians of {args.repeats} repeats")
+    print(f"{'side-router':17} {'hit rate':>9} {'uncached/req':>13} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+          f"{'errors':>7}")
+    for name in names:
+        m = med[name]
+        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {m['ttft_p50_ms']:12.1f} "
               f"{m['ttft_p99_ms']:12.1f} {m['errors']:7.0f}")
-    print(f"{'oracle':12} {best['hit_rate']:9.1%} {best['uncached_per_request']:13.0f} {'-':>12} {'-':>12} {'-':>7}")
+    for name in ("oracle", "peer-oracle")[:len(names) - 1]:
+        m = med[name]
+        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {'-':>12} {'-':>12} {'-':>7}")
     hit_ratio, ttft_ratio = kv["hit_rate"] / best["hit_rate"], rr["ttft_p50_ms"] / kv["ttft_p50_ms"]
-    print(f"\nkv hit rate / oracle's: {hit_ratio:.3f}; round-robin TTFT p50 / kv's: {ttft_ratio:.2f}x; "
+    print(f"\nours-kv hit rate / oracle's: {hit_ratio:.3f}; round-robin TTFT p50 / kv's: {ttft_ratio:.2f}x; "
           f"p99: {rr['ttft_p99_ms'] / kv['ttft_p99_ms']:.2f}x; evictions in the kv runs: {kv['removed_events']:.0f}")
+    if "peer-kv" in med:
+        peer = med["peer-kv"]
+        med["ours-kv/peer-kv"] = {k: kv[k] / peer[k] for k in ("hit_rate", "uncached_per_request",
+                                                               "ttft_p50_ms", "ttft_p99_ms") if peer[k]}
+        print(f"peer-kv hit rate / its oracle's: {peer['hit_rate'] / med['peer-oracle']['hit_rate']:.3f}; "
+              f"KV events its index applied: {peer['stored_events']:.0f} stored, {peer['removed_events']:.0f} removed")
+        print("ours-kv / peer-kv: " + ", ".join(f"{k} {v:.2f}" for k, v in med["ours-kv/peer-kv"].items()))
     goals = {"kv hit rate >= 95% of oracle": hit_ratio >= 0.95,
              "kv TTFT p50 >= 3x better than round-robin": ttft_ratio >= 3}
     for goal, met in goals.items():

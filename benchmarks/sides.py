@@ -55,7 +55,8 @@ def our_side(python: str, model_dir: str, model: str, workers: int, speedup: flo
 
 
 def peer_side(python: str, model_dir: str, model: str, workers: int, speedup: float, port: int,
-              router_mode: str, run_dir: Path, log_level: str) -> Side:
+              router_mode: str, run_dir: Path, log_level: str, worker_args: tuple[str, ...] = (),
+              frontend_args: tuple[str, ...] = ()) -> Side:
     discovery = run_dir / "peer-discovery"
     discovery.mkdir(parents=True, exist_ok=True)
     env = {
@@ -66,10 +67,22 @@ def peer_side(python: str, model_dir: str, model: str, workers: int, speedup: fl
         "DYN_EVENT_PLANE_HOST": "127.0.0.1", "DYN_SYSTEM_HOST": "127.0.0.1",
     }
     worker = [python, "-m", "dynamo.mocker", "--model-path", model_dir, "--model-name", model,
-              "--speedup-ratio", str(speedup)]
+              "--speedup-ratio", str(speedup), *worker_args]
     frontend = [python, "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(port),
-                "--router-mode", router_mode]
+                "--router-mode", router_mode, *frontend_args]
     return Side("peer", frontend, [worker] * workers, env)
+
+
+def peer_kv_side(python: str, model_dir: str, model: str, workers: int, speedup: float, port: int,
+                 run_dir: Path, overlap_score_weight: float) -> Side:
+    """The peer as a KV-routed deployment: SGLang-style mockers with 16-token blocks and
+    prefix caching, each publishing KV events on the ZMQ event plane (the mocker does so
+    by itself; `--zmq-kv-events-ports` is only for relaying vLLM's wire format), and a
+    frontend with `--router-mode kv`, KV events on (its default) and the given weight."""
+    return peer_side(python, model_dir, model, workers, speedup, port, "kv", run_dir, "warn",
+                     worker_args=("--engine-type", "sglang", "--block-size", "16", "--enable-prefix-caching"),
+                     frontend_args=("--router-kv-events", "--router-kv-overlap-score-weight",
+                                    f"{overlap_score_weight:g}"))
 
 
 def probe_body(model: str) -> bytes:
@@ -163,6 +176,21 @@ class Fleet:
     def cpu_seconds(self) -> tuple[float, float]:
         """CPU time used so far by the frontend and, summed, by the workers."""
         return process_cpu(self.frontend.pid), sum(process_cpu(w.pid) for w in self.workers)
+
+
+def kv_events_applied(metrics: str, event_type: str) -> float:
+    """KV events of `event_type` a frontend's index applied, from its /metrics text: ours
+    count `dynamo_router_kv_cache_events_applied_total`, the peer's
+    `dynamo_component_kv_cache_events_applied` with `status="ok"`."""
+    total = 0.0
+    for line in metrics.splitlines():
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        if name not in ("dynamo_router_kv_cache_events_applied_total", "dynamo_component_kv_cache_events_applied"):
+            continue
+        if f'event_type="{event_type}"' in labels and ('status="' not in labels or 'status="ok"' in labels):
+            total += float(value)
+    return total
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
