@@ -241,7 +241,8 @@ class Dispatcher:
                     raise GenerationError(503, f"every worker of {model.name} is busy: {e}") from None
                 changed = self._load_changed
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), left)
+                    async with asyncio.timeout(left):
+                        await changed.wait()
         instance = next(i for i in live if i.record.instance_id == chosen.instance_id)
         return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
 

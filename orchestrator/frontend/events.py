@@ -184,7 +184,8 @@ class WorkerEvents:
         dealer.connect(address)
         try:
             await dealer.send(ev.encode(ev.KvSyncRequest(since)))
-            reply = await asyncio.wait_for(dealer.recv(), SYNC_TIMEOUT_S)
+            async with asyncio.timeout(SYNC_TIMEOUT_S):
+                reply = await dealer.recv()
         finally:
             dealer.close(linger=0)
         return ev.kv_sync_reply_decoder.decode(reply)

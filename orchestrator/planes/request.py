@@ -74,7 +74,8 @@ class RequestServer:
 
     async def wait_idle(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         return self._idle.is_set()
 
     async def fail_all(self, kind: str, message: str) -> int:
@@ -198,7 +199,8 @@ class RequestClient:
         inbox = _Inbox()
         if not self._connected.is_set():
             try:
-                await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    await self._connected.wait()
             except TimeoutError:
                 yield m.ErrorReply(request.request_id, m.ErrorKind.DISCONNECTED, f"cannot connect to {self.address}")
                 return

@@ -78,7 +78,8 @@ class Child:
         if self.running:
             self.signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.process.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.process.wait()
             except TimeoutError:
                 log.warning("%s did not stop within %.0fs: killing it", self.spec.name, timeout)
         self.kill()

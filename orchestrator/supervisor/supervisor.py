@@ -169,10 +169,9 @@ class Supervisor:
                 if isinstance(live, Live):
                     await asyncio.gather(*(self._scrape(p) for p in self.procs))
                     live.update(view.table(self._rows(), f"{self.plan.served_name} at {self.plan.url}"), refresh=True)
-                try:
-                    await asyncio.wait_for(self.shutdown.requested.wait(), self.config.health_interval_s)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.health_interval_s):
+                        await self.shutdown.requested.wait()
         return ExitCode.OK
 
     def _rows(self) -> list[dict]:

@@ -89,7 +89,8 @@ async def _probe(send: Callable[[], AsyncIterator[m.FromWorker]], timeout: float
         return False
 
     try:
-        return await asyncio.wait_for(first(), timeout)
+        async with asyncio.timeout(timeout):
+            return await first()
     except Exception as e:
         log.warning("canary failed: %s", e or type(e).__name__)
         return False

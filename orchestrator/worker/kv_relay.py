@@ -125,7 +125,8 @@ class KvRelay:
         try:
             await dealer.send_multipart([b"", start.to_bytes(8, "big")])
             while True:
-                frames = await asyncio.wait_for(dealer.recv_multipart(), _REPLAY_TIMEOUT_S)
+                async with asyncio.timeout(_REPLAY_TIMEOUT_S):  # not wait_for: on 3.11 it can swallow a cancel
+                    frames = await dealer.recv_multipart()
                 if len(frames) != 4 or len(frames[2]) != 8:
                     self._count("batch", "malformed", f"a KV event replay reply of DP rank {rank} is malformed")
                     continue

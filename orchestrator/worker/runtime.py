@@ -106,7 +106,8 @@ async def _warm_up(kind: WorkerKind, timeout: float) -> None:
         return None
 
     try:
-        reply = await asyncio.wait_for(first_reply(), timeout)
+        async with asyncio.timeout(timeout):
+            reply = await first_reply()
     except TimeoutError:
         raise BootError(f"the warm-up request got no answer in {timeout:g}s") from None
     if reply is None or isinstance(reply, m.ErrorReply):

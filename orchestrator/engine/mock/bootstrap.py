@@ -253,7 +253,8 @@ class BootstrapServer:
         self._handlers.add(task)
         leg = None
         try:
-            hello = await asyncio.wait_for(_read(reader), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                hello = await _read(reader)
             if not isinstance(hello, Hello):
                 logger.warning("bootstrap: expected Hello, got %s", type(hello).__name__)
                 return
