@@ -78,6 +78,8 @@ class FrontendMetrics:
                                     registry=registry)
         self.cancellations = Counter("dynamo_frontend_model_cancellation", "Requests cancelled by their client", full,
                                      registry=registry)
+        self.rejections = Counter("dynamo_frontend_model_rejection", "Requests refused because every worker was busy",
+                                  ("model", "endpoint"), registry=registry)
         self.migrations = Counter("dynamo_frontend_model_migration", "Requests moved to another worker",
                                   (*model, "migration_type"), registry=registry)
         # Per leg: an aggregated request has one, a disaggregated one a prefill and a decode leg.

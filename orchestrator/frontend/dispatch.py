@@ -40,9 +40,10 @@ _STATUS = {m.ErrorKind.INVALID: 400, m.ErrorKind.OVERLOADED: 503, m.ErrorKind.BO
 
 
 class GenerationError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, rejected: bool = False):
         super().__init__(message)
         self.status = status
+        self.rejected = rejected  # load shedding: every worker was over a busy threshold
 
 
 class Placement:
@@ -238,7 +239,7 @@ class Dispatcher:
             except RouterBusy as e:
                 left = deadline - asyncio.get_running_loop().time()
                 if not self.queue_when_busy or left <= 0:
-                    raise GenerationError(503, f"every worker of {model.name} is busy: {e}") from None
+                    raise GenerationError(503, f"every worker of {model.name} is busy: {e}", rejected=True) from None
                 changed = self._load_changed
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):

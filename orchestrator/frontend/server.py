@@ -9,6 +9,7 @@ status; a stream that fails after it started ends with an error event and [DONE]
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -23,9 +24,14 @@ from orchestrator.frontend.dispatch import Dispatcher, GenerationError
 from orchestrator.frontend.generation import Delta
 from orchestrator.frontend.models import ModelRegistry
 from orchestrator.frontend.openai import errors, responses
-from orchestrator.frontend.openai.requests import parse_chat, parse_completion, parse_embedding
+from orchestrator.frontend.openai.requests import (
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
 from orchestrator.metrics import FrontendMetrics
 from orchestrator.planes import messages as m
+from orchestrator.router import KvPolicy, KvRouter
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ class FrontendServer:
         app.router.add_get("/health", self.health)
         app.router.add_get("/live", self.live)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_get("/busy_threshold", self.busy_threshold)
+        app.router.add_post("/busy_threshold", self.busy_threshold)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
 
     async def start(self) -> None:
@@ -111,6 +119,10 @@ class FrontendServer:
         except (asyncio.CancelledError, ConnectionResetError):
             self.metrics.cancellations.labels(**labels).inc()
             self.metrics.disconnected.inc()
+            raise
+        except GenerationError as e:
+            if e.rejected:
+                self.metrics.rejections.labels(model=model.name, endpoint=endpoint).inc()
             raise
         finally:
             self.metrics.requests.labels(**labels, status=status).inc()
@@ -237,6 +249,21 @@ class FrontendServer:
                  for name, model in sorted(self.models.models.items())]
         return web.json_response(responses.model_list(cards))
 
+    async def busy_threshold(self, request: web.Request) -> web.Response:
+        """The KV router's busy thresholds (Dynamo's `/busy_threshold`): GET reads them,
+        POST sets any of `active_decode_blocks_threshold` (a fraction of the KV pool) and
+        `active_prefill_tokens_threshold`, and answers with what is now in force."""
+        router = self.dispatcher.router
+        if not isinstance(router, KvRouter):
+            raise errors.invalid_request("busy thresholds belong to the KV router; start the frontend with "
+                                         "--router-mode kv")
+        if request.method == "POST":
+            router.policy = _with_thresholds(router.policy, await _json_object(request))
+            log.info("busy thresholds now: KV usage %g, prefill tokens %d", router.policy.busy_kv_usage,
+                     router.policy.busy_prefill_tokens)
+        return web.json_response({"active_decode_blocks_threshold": router.policy.busy_kv_usage,
+                                  "active_prefill_tokens_threshold": router.policy.busy_prefill_tokens})
+
     async def health(self, request: web.Request) -> web.Response:
         instances = [
             {"instance_id": f"{i.record.instance_id:x}", "model": name, "worker_type": i.record.worker_type.value,
@@ -266,3 +293,28 @@ async def _body(request: web.Request):
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise errors.invalid_request(f"the body is not valid JSON: {e}") from None
+
+
+async def _json_object(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise errors.invalid_request("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise errors.invalid_request("the body must be a JSON object")
+    return body
+
+
+def _with_thresholds(policy: KvPolicy, body: dict) -> KvPolicy:
+    fields = {"active_decode_blocks_threshold": ("busy_kv_usage", float),
+              "active_prefill_tokens_threshold": ("busy_prefill_tokens", int)}
+    changes = {}
+    for key, value in body.items():
+        if key not in fields:
+            raise errors.invalid_request(f"unknown threshold {key!r}; use {' or '.join(fields)}", key)
+        name, kind = fields[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or value < 0 or (kind is int and value != int(value)):
+            raise errors.invalid_request(f"{key} must be a non-negative {kind.__name__}", key)
+        changes[name] = kind(value)
+    return dataclasses.replace(policy, **changes)

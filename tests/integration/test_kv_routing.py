@@ -8,6 +8,8 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -116,11 +118,15 @@ def test_a_restarted_frontend_rebuilds_its_index_from_the_workers(tmp_path):
 
 @pytest.mark.parametrize("policy", ["reject", "queue"])
 def test_when_every_worker_is_busy_requests_are_refused_or_queued(tmp_path, policy):
-    # A rank with any prompt tokens waiting for prefill counts as busy (threshold 0); the
-    # worker is slowed down so that the first request's prefill takes about a second.
+    # A rank with any prompt tokens waiting for prefill counts as busy (threshold 0, set at
+    # run time); the worker is slowed down so that the first request's prefill takes about
+    # a second.
     with worker(tmp_path, "w", speedup=0.004), \
-         frontend(tmp_path, "--router-mode", "kv", "--active-prefill-tokens-threshold", "0",
-                  "--router-busy-policy", policy) as (_, url):
+         frontend(tmp_path, "--router-mode", "kv", "--router-busy-policy", policy) as (_, url):
+        assert post_json(url, "/busy_threshold", {"active_prefill_tokens_threshold": "none"})[0] == 400
+        status, body = post_json(url, "/busy_threshold", {"active_prefill_tokens_threshold": 0})
+        assert status == 200 and body == {"active_decode_blocks_threshold": 1.0, "active_prefill_tokens_threshold": 0}
+        assert json.loads(http_get(f"{url}/busy_threshold")[1]) == body
         c = client(url, timeout=60)
         long_prompt = [{"role": "user", "content": "Describe the sea. " * 300}]
         with ThreadPoolExecutor(1) as pool:
@@ -133,7 +139,17 @@ def test_when_every_worker_is_busy_requests_are_refused_or_queued(tmp_path, poli
                 with pytest.raises(openai.APIStatusError) as refused:
                     c.chat.completions.create(model="tiny", messages=HELLO_SHORT, max_tokens=1)
                 assert refused.value.status_code == 503 and "busy" in refused.value.message
+                assert metric_value(url, "dynamo_frontend_model_rejection_total", endpoint="chat_completions") == 1
             else:
                 assert c.chat.completions.create(model="tiny", messages=HELLO_SHORT, max_tokens=1).choices
                 assert first.done()  # it waited for the first request's prefill to end
             assert first.result().choices
+
+
+def post_json(url: str, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
