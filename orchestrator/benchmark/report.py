@@ -86,7 +86,7 @@ def _headers(keys: list[str]) -> list[str]:
 
 
 def _table(rows: list[list[str]], keys: list[str]) -> Table:
-    table = Table(title="benchmark sweep")
+    table = Table(title="benchmark sweep" if len(rows) > 1 else "benchmark")
     for i, header in enumerate(_headers(keys)):
         numeric = len(keys) < i <= len(keys) + len(METRICS)
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
