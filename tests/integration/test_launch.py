@@ -119,8 +119,7 @@ def test_a_killed_worker_is_restarted_and_the_deployment_answers_again(tmp_path)
 
 
 def test_sigterm_under_streaming_load_completes_every_request(tmp_path):
-    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "model.num_params=8000000000",
-                "engine.mock.speedup_ratio=1") as launch:
+    with Launch(tmp_path, "deployment.groups.agg.replicas=2", "model.num_params=8000000000", speedup=1) as launch:
         launch.wait_ready()
         c = client(launch.url)
         results: list = []
