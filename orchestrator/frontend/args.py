@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 from orchestrator.envflags import env_flag_adder
+from orchestrator.planes.discovery import DISCOVERY_ENV_NAMES, DiscoveryArgs, add_discovery_flags
 from orchestrator.roles import ChatProcessor, RouterMode
 
 FRONTEND_ENV_NAMES = {
-    "discovery-dir": "DYN_FILE_KV",
-    "etcd-endpoints": "ETCD_ENDPOINTS",
-    "lease-ttl": "DYN_LEASE_TTL_SECS",
+    **DISCOVERY_ENV_NAMES,
     "router-kv-overlap-score-weight": "DYN_ROUTER_KV_OVERLAP_SCORE_WEIGHT",
     "router-temperature": "DYN_ROUTER_TEMPERATURE",
     "router-kv-events": "DYN_ROUTER_KV_EVENTS",
@@ -41,10 +38,7 @@ class FrontendArgs:
     router_busy_policy: str
     migration_limit: int
     chat_processor: ChatProcessor
-    discovery_backend: str
-    discovery_dir: str
-    etcd_endpoints: list[str]
-    lease_ttl: float
+    discovery: DiscoveryArgs
 
 
 def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = None) -> FrontendArgs:
@@ -67,10 +61,7 @@ def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = Non
       help="when every worker is busy: answer 503, or wait for one to free up")
     a("migration-limit", type=int, default=0, help="times a request may move to another worker")
     a("dyn-chat-processor", default=ChatProcessor.dynamo.value, choices=[c.value for c in ChatProcessor])
-    a("discovery-backend", default="file", choices=["file", "etcd"])
-    a("discovery-dir", default=str(Path(tempfile.gettempdir()) / "dynamo_store_kv"))
-    a("etcd-endpoints", default="http://127.0.0.1:2379")
-    a("lease-ttl", type=float, default=10.0)
+    add_discovery_flags(a)
     ns = p.parse_args(argv)
     _check_available(ns)
     return FrontendArgs(
@@ -87,10 +78,7 @@ def parse_frontend_args(argv: list[str], environ: Mapping[str, str] | None = Non
         router_busy_policy=ns.router_busy_policy,
         migration_limit=ns.migration_limit,
         chat_processor=ChatProcessor(ns.dyn_chat_processor),
-        discovery_backend=ns.discovery_backend,
-        discovery_dir=ns.discovery_dir,
-        etcd_endpoints=[e for e in ns.etcd_endpoints.split(",") if e],
-        lease_ttl=ns.lease_ttl,
+        discovery=DiscoveryArgs.from_flags(ns),
     )
 
 

@@ -20,7 +20,6 @@ from orchestrator.frontend.events import WorkerEvents
 from orchestrator.frontend.models import ModelRegistry
 from orchestrator.frontend.server import FrontendServer
 from orchestrator.metrics import FrontendMetrics, RouterMetrics
-from orchestrator.planes.discovery import open_discovery
 from orchestrator.roles import ChatProcessor, RouterMode
 from orchestrator.router import KvPolicy, KvRouter, make_router
 from orchestrator.signals import Shutdown
@@ -36,9 +35,7 @@ async def run_frontend(args: FrontendArgs) -> int:
     router_metrics = RouterMetrics(registry) if args.router_mode is RouterMode.kv else None
     router = make_router(args.router_mode, _kv_policy(args), router_metrics)
     dispatcher = Dispatcher(router, args.migration_limit, metrics, queue_when_busy=args.router_busy_policy == "queue")
-    discovery = open_discovery(
-        args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
-    )
+    discovery = args.discovery.open()
     async with discovery, ModelRegistry() as models:
         sglang = None
         if args.chat_processor is ChatProcessor.sglang:

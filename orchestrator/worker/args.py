@@ -21,6 +21,7 @@ import yaml
 from orchestrator.errors import ConfigError
 from orchestrator.roles import EngineKind, WorkerType
 from orchestrator.envflags import env_flag_adder
+from orchestrator.planes.discovery import DISCOVERY_ENV_NAMES, DiscoveryArgs, add_discovery_flags
 from orchestrator.worker import sglang_flags
 
 
@@ -30,9 +31,7 @@ WORKER_ENV_NAMES = {
     "embedding-worker": "DYN_SGL_EMBEDDING_WORKER",
     "disagg-config": "DYN_SGL_DISAGG_CONFIG",
     "disagg-config-key": "DYN_SGL_DISAGG_CONFIG_KEY",
-    "discovery-dir": "DYN_FILE_KV",
-    "etcd-endpoints": "ETCD_ENDPOINTS",
-    "lease-ttl": "DYN_LEASE_TTL_SECS",
+    **DISCOVERY_ENV_NAMES,
     "system-host": "DYN_SYSTEM_HOST",
     "system-port": "DYN_SYSTEM_PORT",
     "health-check": "DYN_HEALTH_CHECK_ENABLED",
@@ -54,10 +53,7 @@ class WorkerArgs:
     advertise_host: str
     system_host: str
     system_port: int  # -1: no system server
-    discovery_backend: str
-    discovery_dir: str
-    etcd_endpoints: list[str]
-    lease_ttl: float
+    discovery: DiscoveryArgs
     tool_call_parser: str | None
     reasoning_parser: str | None
     use_sglang_tokenizer: bool
@@ -108,10 +104,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     a("advertise-host", default="127.0.0.1", help="the address other processes dial")
     a("system-host", default="127.0.0.1")
     a("system-port", type=int, default=-1, help="health and metrics server (-1: off, 0: any port)")
-    a("discovery-backend", default="file", choices=["file", "etcd"])
-    a("discovery-dir", default=str(Path(tempfile.gettempdir()) / "dynamo_store_kv"))
-    a("etcd-endpoints", default="http://127.0.0.1:2379")
-    a("lease-ttl", type=float, default=10.0)
+    add_discovery_flags(a)
     a("dyn-tool-call-parser")
     a("dyn-reasoning-parser")
     a("health-check", flag=True, default=True, help="run the idle canary that drives /health")
@@ -154,10 +147,7 @@ def parse_worker_args(argv: list[str], environ: Mapping[str, str] | None = None)
         advertise_host=ours.advertise_host,
         system_host=ours.system_host,
         system_port=ours.system_port,
-        discovery_backend=ours.discovery_backend,
-        discovery_dir=ours.discovery_dir,
-        etcd_endpoints=[e for e in ours.etcd_endpoints.split(",") if e],
-        lease_ttl=ours.lease_ttl,
+        discovery=DiscoveryArgs.from_flags(ours),
         tool_call_parser=ours.dyn_tool_call_parser,
         reasoning_parser=ours.dyn_reasoning_parser,
         use_sglang_tokenizer=ours.use_sglang_tokenizer,

@@ -28,7 +28,6 @@ from orchestrator.errors import BootError
 from orchestrator.roles import EngineKind
 from orchestrator.metrics import ComponentMetrics, KvRelayMetrics
 from orchestrator.planes import messages as m
-from orchestrator.planes.discovery import open_discovery
 from orchestrator.planes.discovery.records import InstanceRecord, ModelCard
 from orchestrator.planes.events import EventPublisher, publish_load
 from orchestrator.planes.request import RequestServer
@@ -146,9 +145,7 @@ async def _serve(args, engine, info, kind, registry, health, shutdown, started) 
     event_port = events.start()
     instance_id = random.getrandbits(63)
     relay = _kv_relay(args, info, events, instance_id, registry)
-    discovery = open_discovery(
-        args.discovery_backend, root=args.discovery_dir, etcd_endpoints=args.etcd_endpoints, lease_ttl_s=args.lease_ttl
-    )
+    discovery = args.discovery.open()
     registration = Registration(discovery, None)
     system = None
     try:

@@ -3,14 +3,17 @@
 `open_discovery` picks a backend by name; `discovery_from_env` does the same from
 Dynamo's environment variables (`DYN_DISCOVERY_BACKEND`, `DYN_FILE_KV`,
 `ETCD_ENDPOINTS`, `DYN_LEASE_TTL_SECS`), so a worker or frontend started by hand
-finds the same store as one started by the orchestrator.
+finds the same store as one started by the orchestrator. `add_discovery_flags` and
+`DiscoveryArgs` are the same four settings on a worker's or frontend's command line.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.planes.discovery.base import Discovery
@@ -25,11 +28,14 @@ from orchestrator.planes.discovery.records import (
 
 __all__ = [
     "DEFAULT_LEASE_TTL_S",
+    "DISCOVERY_ENV_NAMES",
     "Discovery",
+    "DiscoveryArgs",
     "FileDiscovery",
     "InstanceRecord",
     "ModelCard",
     "ModelType",
+    "add_discovery_flags",
     "discovery_from_env",
     "instance_key",
     "new_instance_id",
@@ -37,6 +43,34 @@ __all__ = [
 ]
 
 DEFAULT_LEASE_TTL_S = 10.0
+DISCOVERY_ENV_NAMES = {"discovery-dir": "DYN_FILE_KV", "etcd-endpoints": "ETCD_ENDPOINTS",
+                       "lease-ttl": "DYN_LEASE_TTL_SECS"}  # and DYN_DISCOVERY_BACKEND
+
+
+@dataclass(frozen=True)
+class DiscoveryArgs:
+    """Where a process's discovery store is, as its command line says."""
+
+    backend: str
+    root: str
+    etcd_endpoints: list[str]
+    lease_ttl_s: float
+
+    @classmethod
+    def from_flags(cls, ns: argparse.Namespace) -> DiscoveryArgs:
+        return cls(ns.discovery_backend, ns.discovery_dir, [e for e in ns.etcd_endpoints.split(",") if e], ns.lease_ttl)
+
+    def open(self) -> Discovery:
+        return open_discovery(self.backend, root=self.root, etcd_endpoints=self.etcd_endpoints,
+                              lease_ttl_s=self.lease_ttl_s)
+
+
+def add_discovery_flags(add) -> None:
+    """The discovery flags, through an `envflags.env_flag_adder` given `DISCOVERY_ENV_NAMES`."""
+    add("discovery-backend", default="file", choices=["file", "etcd"])
+    add("discovery-dir", default=_default_file_root(os.environ))
+    add("etcd-endpoints", default="http://127.0.0.1:2379")
+    add("lease-ttl", type=float, default=DEFAULT_LEASE_TTL_S)
 
 
 def open_discovery(

@@ -32,7 +32,7 @@ def test_environment_fills_in_and_the_command_line_wins():
     env = {"DYN_NAMESPACE": "prod", "DYN_REQUEST_PORT": "7001", "DYN_SYSTEM_PORT": "9090",
            "DYN_FILE_KV": "/tmp/kv", "DYN_HEALTH_CHECK_ENABLED": "false", "DYN_MOCK_SPEEDUP_RATIO": "50"}
     args = parse_worker_args(["--model-path", "m", "--request-port", "7002"], env)
-    assert (args.namespace, args.request_port, args.system_port, args.discovery_dir) == ("prod", 7002, 9090, "/tmp/kv")
+    assert (args.namespace, args.request_port, args.system_port, args.discovery.root) == ("prod", 7002, 9090, "/tmp/kv")
     assert args.health_check is False and args.mock["speedup_ratio"] == 50.0
     assert args.engine is EngineKind.mock and args.worker_type is WorkerType.aggregated
 
