@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import AsyncIterator, Callable
 
 import zmq
@@ -32,6 +31,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from orchestrator.planes import messages as m
+from orchestrator.readerqueue import ReaderQueue
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class RequestClient:
 
     def _fail_all(self, message: str) -> None:
         for request_id, inbox in list(self._streams.items()):
-            inbox.put(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
+            inbox.put_nowait(m.ErrorReply(request_id, m.ErrorKind.DISCONNECTED, message))
 
     async def cancel(self, request_id: str) -> None:
         self._send(m.Cancel(request_id))
@@ -253,7 +253,7 @@ class RequestClient:
             except zmq.ZMQError as e:  # the requests never left: end their streams as a lost worker would
                 for message in outgoing:
                     if message.request_id in self._streams and not isinstance(message, m.Cancel):
-                        self._streams[message.request_id].put(
+                        self._streams[message.request_id].put_nowait(
                             m.ErrorReply(message.request_id, m.ErrorKind.DISCONNECTED, str(e)))
 
     async def _read(self) -> None:
@@ -266,7 +266,7 @@ class RequestClient:
                 for reply in m.decode_replies(frame):
                     inbox = self._streams.get(reply.request_id)
                     if inbox is not None:  # replies to a request already given up are dropped
-                        inbox.put(reply)
+                        inbox.put_nowait(reply)
 
     async def _watch(self) -> None:
         while True:
@@ -279,30 +279,14 @@ class RequestClient:
                 self._fail_all(f"lost {self.address}")
 
 
-
-class _Inbox:
+class _Inbox(ReaderQueue[m.FromWorker]):
     """The replies of one stream, as `_read` delivers them, for one consumer."""
-
-    def __init__(self):
-        self._replies: deque[m.FromWorker] = deque()
-        self._waiter: asyncio.Future | None = None
-
-    def put(self, reply: m.FromWorker) -> None:
-        self._replies.append(reply)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     async def get(self) -> m.FromWorker:
         """The next reply; a chunk comes with the chunks queued right behind it merged in,
         up to the last chunk or a reply of another kind (which stays, to be read next)."""
-        while not self._replies:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        reply = self._replies.popleft()
+        reply = await super().get()
         if isinstance(reply, m.Chunk):
-            while reply.finish_reason is None and self._replies and isinstance(self._replies[0], m.Chunk):
-                reply.extend(self._replies.popleft())
+            while reply.finish_reason is None and self._items and isinstance(self._items[0], m.Chunk):
+                reply.extend(self._items.popleft())
         return reply

@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from orchestrator.engine.base import EngineError
 from orchestrator.engine.mock.kv_cache import KvSlot
-from orchestrator.planes.messages import BootstrapInfo, Chunk, SamplingOptions, StopConditions
+from orchestrator.planes.messages import (
+    BootstrapInfo,
+    Chunk,
+    SamplingOptions,
+    StopConditions,
+)
+from orchestrator.readerqueue import ReaderQueue
 
 
 class Role(enum.Enum):
@@ -47,30 +52,6 @@ class LegReady:
 Outgoing = Union[Chunk, LegReady, EngineError]
 
 
-class Outbox:
-    """What the scheduler sends one request's stream, in order: a deque and the one
-    reader's waiter. An `asyncio.Queue` does the same for many readers and costs a
-    loop lookup and a waiter list on every token."""
-
-    def __init__(self):
-        self._items: deque[Outgoing] = deque()
-        self._waiter: asyncio.Future | None = None
-
-    def put_nowait(self, item: Outgoing) -> None:
-        self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def get(self) -> Outgoing:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-
 @dataclass(eq=False)
 class Request:
     rid: str
@@ -87,7 +68,7 @@ class Request:
     phase: Phase = Phase.WAITING
     cached_tokens: int = 0  # prefix-cache hit at first admission, as SGLang reports it
     retractions: int = 0
-    outbox: Outbox = field(default_factory=Outbox)
+    outbox: ReaderQueue[Outgoing] = field(default_factory=ReaderQueue)
     leg: Optional[asyncio.Task] = None  # the transfer the stream awaits; abort cancels it
     arrived: float = field(default_factory=time.monotonic)
     admitted: Optional[float] = None
