@@ -168,7 +168,10 @@ def test_a_decode_worker_killed_mid_stream_is_migrated(tmp_path):
         assert metric_value(launch.url, "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 1
 
 
-def test_attention_dp_decode_ranks_are_chosen_by_the_router(tmp_path):
+def test_attention_dp_decode_spreads_concurrent_requests_over_its_ranks(tmp_path):
+    # The end-to-end view of DP routing in disaggregation; that the router, not the
+    # engine, picks the rank is pinned by the router's unit tests and by the aggregated
+    # DP test in test_kv_routing.py, where a wrong rank loses the cached prefix.
     with Launch(tmp_path, "+recipe=deepseek_r1_disagg_dp", "engine=mock", speedup=10) as launch:
         launch.wait_ready()
         (decode,) = workers(launch, "decode")
@@ -198,6 +201,5 @@ def test_attention_dp_decode_ranks_are_chosen_by_the_router(tmp_path):
             stop.set()
             watcher.join()
         assert all(a.usage.completion_tokens == 300 for a in answers)
-        # Eight requests at once over sixteen decode ranks: the router counts what it sent
-        # to each rank, so each request went to a rank of its own.
+        # Eight requests at once over sixteen decode ranks, each on a rank of its own.
         assert len(busy_ranks) == 8, busy_ranks
