@@ -54,3 +54,32 @@ def test_overlaps_match_a_brute_force_count_while_slots_come_and_go():
                 expected[s] = n
         assert index.overlaps(query) == expected
         assert len(index) == len(set().union(*held.values()))
+
+
+def test_every_block_stays_findable_through_growth_removals_and_clears():
+    """Thousands of blocks: the table grows, and removals and clears empty buckets in
+    the middle of probe runs. Every block must still be found with exactly its holders."""
+    rng = random.Random(5)
+    index = PrefixIndex()
+    keys = [rng.getrandbits(64) for _ in range(6000)] + list(range(3000))  # runs of neighbouring keys too
+    held: dict = {}
+    for step in range(40):
+        slot = (rng.randrange(6), 0)
+        if step % 10 == 9:
+            index.cleared(slot)
+            held.pop(slot, None)
+        else:
+            stored, dropped = rng.sample(keys, 1500), rng.sample(keys, 1000)
+            index.stored(slot, stored)
+            missing = index.removed(slot, dropped)
+            before = held.get(slot, set()) | set(stored)
+            assert missing == sum(k not in before for k in dropped)
+            held[slot] = before - set(dropped)
+        holders: dict = {}
+        for s, blocks in held.items():
+            for k in blocks:
+                holders.setdefault(k, set()).add(s)
+        assert len(index) == len(holders)
+        assert all(index.blocks(s) == len(b) for s, b in held.items())
+        for k in rng.sample(keys, 500):
+            assert set(index.overlaps([k])) == holders.get(k, set())
