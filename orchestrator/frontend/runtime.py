@@ -14,6 +14,7 @@ import logging
 
 from prometheus_client import CollectorRegistry
 
+from orchestrator import heap
 from orchestrator.frontend.args import FrontendArgs
 from orchestrator.frontend.dispatch import Dispatcher
 from orchestrator.frontend.events import WorkerEvents
@@ -52,6 +53,7 @@ async def run_frontend(args: FrontendArgs) -> int:
                     tasks.create_task(load.run()),
                 ]
                 await server.start()
+                heap.settle()
                 await shutdown.requested.wait()
                 server.shutting_down = True
                 log.info("stopping: %d requests in flight", _inflight(models))

@@ -22,6 +22,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
+from orchestrator import heap
 from orchestrator.engine.base import Engine, EngineError, EngineInfo
 from orchestrator.engine.factory import build_engine, hf_config, model_files, special_token_ids
 from orchestrator.errors import BootError
@@ -59,6 +60,7 @@ async def run_worker(args: WorkerArgs) -> int:
     try:
         kind = _kind(args, engine, info, registry)
         await _warm_up(kind, args.health_check_timeout * 10)
+        heap.settle()
         return await _serve(args, engine, info, kind, registry, health, shutdown, started)
     finally:
         await engine.shutdown()
