@@ -140,6 +140,20 @@ static int key_of(PyObject *h, uint64_t *key) {
     return (*key == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+#define BATCH 16
+
+/* Up to BATCH keys from items[at:len] into `keys`, each one's bucket prefetched: the
+ * table is far larger than the caches, and a batch's misses overlap instead of
+ * following one another. Returns how many, or -1 on error. */
+static Py_ssize_t read_keys(const Index *ix, PyObject **items, Py_ssize_t at, Py_ssize_t len, uint64_t *keys) {
+    Py_ssize_t n = len - at < BATCH ? len - at : BATCH;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (key_of(items[at + k], &keys[k]) < 0) return -1;
+        __builtin_prefetch(&ix->table[bucket(ix, keys[k])]);
+    }
+    return n;
+}
+
 /* the slot's number, or -1 (no error set) when it holds nothing */
 static Py_ssize_t number_of(Index *ix, PyObject *slot) {
     PyObject *n = PyDict_GetItemWithError(ix->numbers, slot);
@@ -190,29 +204,32 @@ static PyObject *Index_stored(Index *ix, PyObject *const *args, Py_ssize_t nargs
     if (!seq) return NULL;
     Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < len; k++) {
-        uint64_t key;
-        if (key_of(items[k], &key) < 0) goto fail;
-        Entry *e = find(ix, key);
-        if (!e) {
-            if ((ix->used + 1) * 10 > (Py_ssize_t)(ix->mask + 1) * 7 && grow(ix) < 0) goto fail;
-            size_t i = bucket(ix, key);
-            while (ix->table[i].n) i = (i + 1) & ix->mask;
-            e = &ix->table[i];
-            e->key = key;
-            e->n = 1;
-            e->cap = 0;
-            e->h.one = (uint32_t)number;
-            ix->used++;
-            ix->counts[number]++;
-            continue;
+    uint64_t keys[BATCH];
+    for (Py_ssize_t at = 0, n; at < len; at += n) {
+        if ((n = read_keys(ix, items, at, len, keys)) < 0) goto fail;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            uint64_t key = keys[k];
+            Entry *e = find(ix, key);
+            if (!e) {
+                if ((ix->used + 1) * 10 > (Py_ssize_t)(ix->mask + 1) * 7 && grow(ix) < 0) goto fail;
+                size_t i = bucket(ix, key);
+                while (ix->table[i].n) i = (i + 1) & ix->mask;
+                e = &ix->table[i];
+                e->key = key;
+                e->n = 1;
+                e->cap = 0;
+                e->h.one = (uint32_t)number;
+                ix->used++;
+                ix->counts[number]++;
+                continue;
+            }
+            int added = add_holder(e, (uint32_t)number);
+            if (added < 0) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            ix->counts[number] += added;
         }
-        int added = add_holder(e, (uint32_t)number);
-        if (added < 0) {
-            PyErr_NoMemory();
-            goto fail;
-        }
-        ix->counts[number] += added;
     }
     Py_DECREF(seq);
     Py_RETURN_NONE;
@@ -232,19 +249,21 @@ static PyObject *Index_removed(Index *ix, PyObject *const *args, Py_ssize_t narg
         return PyErr_Occurred() ? NULL : PyLong_FromSsize_t(len);
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; k < len; k++) {
-        uint64_t key;
-        if (key_of(items[k], &key) < 0) {
+    uint64_t keys[BATCH];
+    for (Py_ssize_t at = 0, n; at < len; at += n) {
+        if ((n = read_keys(ix, items, at, len, keys)) < 0) {
             Py_DECREF(seq);
             return NULL;
         }
-        Entry *e = find(ix, key);
-        if (!e || !remove_holder(e, (uint32_t)number)) {
-            missing++;
-            continue;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            Entry *e = find(ix, keys[k]);
+            if (!e || !remove_holder(e, (uint32_t)number)) {
+                missing++;
+                continue;
+            }
+            ix->counts[number]--;
+            if (!e->n) delete_at(ix, (size_t)(e - ix->table));
         }
-        ix->counts[number]--;
-        if (!e->n) delete_at(ix, (size_t)(e - ix->table));
     }
     Py_DECREF(seq);
     return PyLong_FromSsize_t(missing);
