@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--peer-python", default=env("PEER_PYTHON"),
                    help="python of the venv with ai-dynamo 1.6.1 (see README) [PEER_PYTHON]")
     p.add_argument("--load-python", default=env("LOAD_PYTHON", sys.executable),
-                   help="python with aiohttp (uvloop optional) for the load process [LOAD_PYTHON]")
+                   help="python for the load process (uvloop optional) [LOAD_PYTHON]")
     p.add_argument("--model-dir", default=str(REPO / "orchestrator" / "models" / "tiny"))
     p.add_argument("--model", default="tiny", help="served model name")
     p.add_argument("--workers", type=int, default=2, help="mock workers per side")
@@ -196,7 +196,7 @@ def versions(args) -> dict:
         "ours_commit": subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "ours_modified_files": len(subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
                                                   capture_output=True, text=True).stdout.splitlines()),
-        "load": ask(args.load_python, meta.format(["aiohttp", "uvloop"])),
+        "load": ask(args.load_python, meta.format(["uvloop"])),
     }
     if args.peer_python:
         found["peer"] = ask(args.peer_python, meta.format(["ai-dynamo", "ai-dynamo-runtime"]))

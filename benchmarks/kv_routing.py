@@ -6,7 +6,7 @@ user message, then `--turns` turns in all. Every turn's prompt is the previous t
 prompt plus that turn's answer plus a new user message (150 to 500 tokens; answers
 100 to 300). The answers are part of the trace, as in a recorded conversation, not
 what the mock generated; so what a turn can find cached is the previous turn's
-prompt, page-aligned. Sessions start as a Poisson process (`--session-rate` per
+prompt, page-aligned. Sessions start as a Poisson process (`--session-rates` per
 second), each turn follows the last one's reply after 0.5 to 2 s of "thinking".
 Prompts are token ids sent to `/v1/completions` (streamed, `max_tokens`
 `--max-tokens` with `ignore_eos`, usage included) with aiohttp, one task per session.
@@ -14,8 +14,15 @@ Prompts are token ids sent to `/v1/completions` (streamed, `max_tokens`
 The deployment is the real CLI: `dynamo-launch +recipe=llama8b_kv_router engine=mock`
 with `--workers` aggregated workers (KV events on, page size 16, Llama-3.1-8B timing on
 H100 at `--speedup`), once with the recipe's `router=kv` (its overlap score weight,
-or `--overlap-score-weight`) and once with `router=round_robin`, freshly started (cold caches) for every run. The runs alternate
-their order over `--repeats` repeats; medians are reported.
+or `--overlap-score-weight`) and once with `router=round_robin`, freshly started (cold
+caches) for every run. The runs alternate their order over `--repeats` repeats; medians
+are reported.
+
+Load: given several `--session-rates`, the whole comparison runs once per rate on the
+same trace, its session starts compressed by the rate (the draws do not depend on it),
+and a last table has a row per rate. Each run also records how busy the machine's CPUs
+were while it replayed (`cpu_busy`, all cores, from /proc/stat): near 100 % the
+processes' event loops, not the simulated GPUs, set the TTFT.
 
 Per request the client records the time to the first streamed token (TTFT, from
 sending) and `usage.prompt_tokens_details.cached_tokens`; a router's hit rate is
@@ -63,6 +70,7 @@ Goals: kv's hit rate >= 95 % of the oracle's; kv's TTFT p50 at least 3x better t
 round-robin's.
 
     python benchmarks/kv_routing.py --out /tmp/kv_routing.json
+    python benchmarks/kv_routing.py --session-rates 1 2 3 4 --peer-python '' --out /tmp/kv_load.json
 """
 
 from __future__ import annotations
@@ -104,13 +112,13 @@ class Conversation:
     think_s: list[float] = field(default_factory=list)  # before each turn after the first
 
 
-def trace(args) -> list[Conversation]:
+def trace(args, rate: float) -> list[Conversation]:
     rng = random.Random(args.seed)
     words = lambda n: [rng.randrange(*VOCAB) for _ in range(n)]
     systems = [words(args.system_tokens) for _ in range(args.system_prompts)]
     conversations, start = [], 0.0
     for _ in range(args.conversations):
-        start += rng.expovariate(args.session_rate)
+        start += rng.expovariate(rate)
         conv = Conversation(start)
         prompt = rng.choice(systems) + words(rng.randint(150, 500))
         conv.prompts.append(prompt)
@@ -293,6 +301,12 @@ def oracle(records: list[dict], workers: int) -> dict:
     return {"hit_rate": cached / prompts, "uncached_per_request": (prompts - cached) / len(records)}
 
 
+def cpu_jiffies() -> tuple[int, int]:
+    """All CPUs' time since boot, in jiffies: (total, idle); guest time is already in user."""
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait
+
+
 def summary(records: list[dict]) -> dict:
     ok = [r for r in records if "error" not in r]
     ttft = sorted(r["first"] - r["sent"] for r in ok)
@@ -310,14 +324,81 @@ def run_one(args, name: str, conversations: list[Conversation], log_dir: Path) -
     extra = {"nvext": {"extra_fields": ["timing"]}} if side == "peer" else {}
     with deployment:
         model = deployment.model if side == "peer" else deployment.model()
+        total0, idle0 = cpu_jiffies()
         records = asyncio.run(replay(deployment.url, model, conversations, args.max_tokens, extra))
+        total, idle = cpu_jiffies()
         result = summary(records)
+        result["cpu_busy"] = 1 - (idle - idle0) / max(total - total0, 1)
         if router == "kv":
             metrics = http_get(f"{deployment.url}/metrics")
             result["stored_events"] = kv_events_applied(metrics, "stored")
             result["removed_events"] = kv_events_applied(metrics, "removed")
     result["records"] = [{k: v for k, v in r.items() if k != "prompt"} for r in records]
     return result, records
+
+
+def measure(args, rate: float, log_dir: Path) -> dict:
+    """Every side and router on the trace at `rate` sessions/s, `--repeats` times; print and return the medians."""
+    conversations = trace(args, rate)
+    print(f"\n{rate:g} sessions/s, trace: {sum(len(c.prompts) for c in conversations)} requests, "
+          f"{sum(map(len, (p for c in conversations for p in c.prompts))):,} prompt tokens, last session starting "
+          f"at {conversations[-1].start_s:.0f} s; logs in {log_dir}", flush=True)
+    names = ["ours-kv", "ours-round_robin"] + (["peer-kv"] if args.peer_python else [])
+    oracles = ["oracle"] + (["peer-oracle"] if args.peer_python else [])
+    runs: dict[str, list[dict]] = {name: [] for name in names + oracles}
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            result, records = run_one(args, name, conversations, log_dir)
+            runs[name].append(result)
+            if name.endswith("kv"):
+                best = oracle([r for r in records if "error" not in r], args.workers)
+                runs["oracle" if name == "ours-kv" else "peer-oracle"].append(best)
+            print(f"repeat {repeat + 1} {name}: " + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "records"),
+                flush=True)
+
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "records"}
+           for name, rs in runs.items()}
+    kv, rr, best = med["ours-kv"], med["ours-round_robin"], med["oracle"]
+    print(f"\n{args.workers} mock workers (Llama-3.1-8B on H100, speed-up {args.speedup:g}; the peer's mockers at "
+          f"{args.peer_speedup:g}), {rate:g} sessions/s, medians of {args.repeats} repeats")
+    print(f"{'side-router':17} {'hit rate':>9} {'uncached/req':>13} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
+          f"{'errors':>7} {'CPU busy':>9}")
+    for name in names:
+        m = med[name]
+        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {m['ttft_p50_ms']:12.1f} "
+              f"{m['ttft_p99_ms']:12.1f} {m['errors']:7.0f} {m['cpu_busy']:9.0%}")
+    for name in oracles:
+        m = med[name]
+        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {'-':>12} {'-':>12} {'-':>7} "
+              f"{'-':>9}")
+    hit_ratio, ttft_ratio = kv["hit_rate"] / best["hit_rate"], rr["ttft_p50_ms"] / kv["ttft_p50_ms"]
+    print(f"\nours-kv hit rate / oracle's: {hit_ratio:.3f}; round-robin TTFT p50 / kv's: {ttft_ratio:.2f}x; "
+          f"p99: {rr['ttft_p99_ms'] / kv['ttft_p99_ms']:.2f}x; evictions in the kv runs: {kv['removed_events']:.0f}")
+    if "peer-kv" in med:
+        peer = med["peer-kv"]
+        med["ours-kv/peer-kv"] = {k: kv[k] / peer[k] for k in ("hit_rate", "uncached_per_request",
+                                                               "ttft_p50_ms", "ttft_p99_ms") if peer[k]}
+        print(f"peer-kv hit rate / its oracle's: {peer['hit_rate'] / med['peer-oracle']['hit_rate']:.3f}; "
+              f"KV events its index applied: {peer['stored_events']:.0f} stored, {peer['removed_events']:.0f} removed")
+        print("ours-kv / peer-kv: " + ", ".join(f"{k} {v:.2f}" for k, v in med["ours-kv/peer-kv"].items()))
+    goals = {"kv hit rate >= 95% of oracle": hit_ratio >= 0.95,
+             "kv TTFT p50 >= 3x better than round-robin": ttft_ratio >= 3}
+    for goal, met in goals.items():
+        print(f"goal {goal}: {'met' if met else 'MISSED'}")
+    return {"session_rate": rate, "runs": runs, "medians": med, "goals": goals}
+
+
+def print_sweep(sweep: list[dict]) -> None:
+    """One row per session rate: kv against round-robin."""
+    print(f"\n{'sessions/s':>10} {'kv hit':>7} {'rr hit':>7} {'kv p50':>7} {'kv p99':>7} {'rr p50':>7} {'rr p99':>7} "
+          f"{'p50 x':>6} {'p99 x':>6} {'kv CPU':>7} {'rr CPU':>7}   (TTFT ms; x: round-robin's over kv's)")
+    for point in sweep:
+        kv, rr = point["medians"]["ours-kv"], point["medians"]["ours-round_robin"]
+        print(f"{point['session_rate']:10g} {kv['hit_rate']:7.1%} {rr['hit_rate']:7.1%} {kv['ttft_p50_ms']:7.1f} "
+              f"{kv['ttft_p99_ms']:7.1f} {rr['ttft_p50_ms']:7.1f} {rr['ttft_p99_ms']:7.1f} "
+              f"{rr['ttft_p50_ms'] / kv['ttft_p50_ms']:6.2f} {rr['ttft_p99_ms'] / kv['ttft_p99_ms']:6.2f} "
+              f"{kv['cpu_busy']:7.0%} {rr['cpu_busy']:7.0%}")
 
 
 def main() -> None:
@@ -328,7 +409,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--system-prompts", type=int, default=8)
     parser.add_argument("--system-tokens", type=int, default=1000)
-    parser.add_argument("--session-rate", type=float, default=1.0, help="sessions started per second")
+    parser.add_argument("--session-rates", type=float, nargs="+", default=[1.0],
+                        help="sessions started per second; one comparison per rate")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     parser.add_argument("--overlap-score-weight", type=float, help="the kv router's (default: the recipe's, 2)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -349,55 +431,12 @@ def main() -> None:
 
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="kv_routing-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    conversations = trace(args)
-    print(f"trace: {sum(len(c.prompts) for c in conversations)} requests, "
-          f"{sum(map(len, (p for c in conversations for p in c.prompts))):,} prompt tokens; logs in {log_dir}",
-          flush=True)
-    names = ["ours-kv", "ours-round_robin"] + (["peer-kv"] if args.peer_python else [])
-    runs: dict[str, list[dict]] = {name: [] for name in names + ["oracle"] + (["peer-oracle"] if args.peer_python else [])}
-    for repeat in range(args.repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
-            result, records = run_one(args, name, conversations, log_dir)
-            runs[name].append(result)
-            if name.endswith("kv"):
-                best = oracle([r for r in records if "error" not in r], args.workers)
-                runs["oracle" if name == "ours-kv" else "peer-oracle"].append(best)
-            print(f"repeat {repeat + 1} {name}: " + ", ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items() if k != "records"),
-                flush=True)
-
-    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "records"}
-           for name, rs in runs.items()}
-    kv, rr, best = med["ours-kv"], med["ours-round_robin"], med["oracle"]
-    print(f"\n{args.workers} mock workers (Llama-3.1-8B on H100, speed-up {args.speedup:g}; the peer's mockers at "
-          f"{args.peer_speedup:g}), medians of {args.repeats} repeats")
-    print(f"{'side-router':17} {'hit rate':>9} {'uncached/req':>13} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
-          f"{'errors':>7}")
-    for name in names:
-        m = med[name]
-        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {m['ttft_p50_ms']:12.1f} "
-              f"{m['ttft_p99_ms']:12.1f} {m['errors']:7.0f}")
-    for name in ("oracle", "peer-oracle")[:len(names) - 1]:
-        m = med[name]
-        print(f"{name:17} {m['hit_rate']:9.1%} {m['uncached_per_request']:13.0f} {'-':>12} {'-':>12} {'-':>7}")
-    hit_ratio, ttft_ratio = kv["hit_rate"] / best["hit_rate"], rr["ttft_p50_ms"] / kv["ttft_p50_ms"]
-    print(f"\nours-kv hit rate / oracle's: {hit_ratio:.3f}; round-robin TTFT p50 / kv's: {ttft_ratio:.2f}x; "
-          f"p99: {rr['ttft_p99_ms'] / kv['ttft_p99_ms']:.2f}x; evictions in the kv runs: {kv['removed_events']:.0f}")
-    if "peer-kv" in med:
-        peer = med["peer-kv"]
-        med["ours-kv/peer-kv"] = {k: kv[k] / peer[k] for k in ("hit_rate", "uncached_per_request",
-                                                               "ttft_p50_ms", "ttft_p99_ms") if peer[k]}
-        print(f"peer-kv hit rate / its oracle's: {peer['hit_rate'] / med['peer-oracle']['hit_rate']:.3f}; "
-              f"KV events its index applied: {peer['stored_events']:.0f} stored, {peer['removed_events']:.0f} removed")
-        print("ours-kv / peer-kv: " + ", ".join(f"{k} {v:.2f}" for k, v in med["ours-kv/peer-kv"].items()))
-    goals = {"kv hit rate >= 95% of oracle": hit_ratio >= 0.95,
-             "kv TTFT p50 >= 3x better than round-robin": ttft_ratio >= 3}
-    for goal, met in goals.items():
-        print(f"goal {goal}: {'met' if met else 'MISSED'}")
+    sweep = [measure(args, rate, log_dir) for rate in args.session_rates]
+    if len(sweep) > 1:
+        print_sweep(sweep)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"config": vars(args), "runs": runs, "medians": med, "goals": goals}, f, indent=2)
-
+            json.dump({"config": vars(args), "sweep": sweep}, f, indent=2)
 
 if __name__ == "__main__":
     main()
