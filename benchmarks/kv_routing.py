@@ -438,5 +438,6 @@ def main() -> None:
         with open(args.out, "w") as f:
             json.dump({"config": vars(args), "sweep": sweep}, f, indent=2)
 
+
 if __name__ == "__main__":
     main()

@@ -42,12 +42,17 @@ static inline size_t bucket(const Index *ix, uint64_t key) {
     return (size_t)((key * 0x9E3779B97F4A7C15ull) >> ix->shift);
 }
 
-static Entry *find(const Index *ix, uint64_t key) {
+/* The bucket holding `key`, or the empty one where it would go. */
+static Entry *probe(const Index *ix, uint64_t key) {
     for (size_t i = bucket(ix, key);; i = (i + 1) & ix->mask) {
         Entry *e = &ix->table[i];
-        if (!e->n) return NULL;
-        if (e->key == key) return e;
+        if (!e->n || e->key == key) return e;
     }
+}
+
+static Entry *find(const Index *ix, uint64_t key) {
+    Entry *e = probe(ix, key);
+    return e->n ? e : NULL;
 }
 
 static int alloc_table(Index *ix, int log2) {
@@ -66,12 +71,8 @@ static int grow(Index *ix) {
         PyErr_NoMemory();
         return -1;
     }
-    for (size_t j = 0; j < buckets; j++) {
-        if (!old[j].n) continue;
-        size_t i = bucket(ix, old[j].key);
-        while (ix->table[i].n) i = (i + 1) & ix->mask;
-        ix->table[i] = old[j];
-    }
+    for (size_t j = 0; j < buckets; j++)
+        if (old[j].n) *probe(ix, old[j].key) = old[j];
     PyMem_Free(old);
     return 0;
 }
@@ -208,17 +209,11 @@ static PyObject *Index_stored(Index *ix, PyObject *const *args, Py_ssize_t nargs
     for (Py_ssize_t at = 0, n; at < len; at += n) {
         if ((n = read_keys(ix, items, at, len, keys)) < 0) goto fail;
         for (Py_ssize_t k = 0; k < n; k++) {
-            uint64_t key = keys[k];
-            Entry *e = find(ix, key);
-            if (!e) {
-                if ((ix->used + 1) * 10 > (Py_ssize_t)(ix->mask + 1) * 7 && grow(ix) < 0) goto fail;
-                size_t i = bucket(ix, key);
-                while (ix->table[i].n) i = (i + 1) & ix->mask;
-                e = &ix->table[i];
-                e->key = key;
-                e->n = 1;
-                e->cap = 0;
-                e->h.one = (uint32_t)number;
+            /* room first, so that the probe's empty bucket is where a new key goes */
+            if ((ix->used + 1) * 10 > (Py_ssize_t)(ix->mask + 1) * 7 && grow(ix) < 0) goto fail;
+            Entry *e = probe(ix, keys[k]);
+            if (!e->n) {
+                *e = (Entry){.key = keys[k], .n = 1, .h.one = (uint32_t)number};
                 ix->used++;
                 ix->counts[number]++;
                 continue;
