@@ -9,7 +9,7 @@ new-token ratio). A request that does not fit stops admission and waits at the
 head of the queue. Otherwise every running request decodes one token; when the
 pool cannot hold the next token, the newest request is retracted to the waiting
 queue, its KV freed, to be recomputed later. A step lasts the roofline's time
-divided by the speedup ratio.
+divided by the speedup ratio (on a running clock: see `StepClock`).
 
 Disaggregated legs step aside from the batch: a prefill leg, once prefilled, holds
 its KV until its stream has sent it (`transferred`); a decode leg waits for pages
@@ -33,7 +33,7 @@ from orchestrator.engine.mock.kv_cache import KvCache
 from orchestrator.engine.mock.metrics import EngineMetrics
 from orchestrator.engine.mock.request import LegReady, Phase, Request, Role
 from orchestrator.engine.mock.sizing import PoolSize
-from orchestrator.engine.mock.timing import Roofline
+from orchestrator.engine.mock.timing import Roofline, StepClock
 from orchestrator.engine.mock.tokens import TokenModel
 from orchestrator.planes.messages import Chunk, ErrorKind
 
@@ -85,6 +85,7 @@ class Scheduler:
         self._pool = pool
         self._max_prefill_tokens = max_prefill_tokens
         self._roofline = roofline
+        self._clock = StepClock(roofline)
         self._model = model
         self._metrics = metrics
         self._rank_metrics = metrics.rank(rank) if metrics else None
@@ -181,7 +182,7 @@ class Scheduler:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                await asyncio.sleep(self._roofline.wall(step.seconds))
+                await self._clock.step(step.seconds)
                 self._complete(step)
                 self.cache.flush_events()
         except Exception:

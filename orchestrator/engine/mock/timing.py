@@ -11,6 +11,8 @@ against hand calculations; `Roofline` binds them to one engine's config.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from orchestrator.engine.mock.config import GpuNumbers, MockEngineConfig, ModelNumbers, Timing
@@ -73,3 +75,30 @@ class Roofline:
     def wall(self, simulated_seconds: float) -> float:
         """Real seconds to wait for `simulated_seconds` of GPU time."""
         return simulated_seconds / self.timing.speedup_ratio
+
+
+# The event loop's timers fire no sooner than this after they are due (epoll waits in
+# whole milliseconds).
+TIMER_RESOLUTION = 1e-3
+
+
+class StepClock:
+    """Waits out one scheduler's steps on the wall clock, one after another.
+
+    Sleeping for each step on its own would stretch every step shorter than the
+    timer resolution to a millisecond: at a speed-up of 1000, a 5 ms decode step
+    would take 1 ms instead of 5 µs, and the engine would run 200 times slower than
+    asked. The steps are instead laid end to end on a running clock that never runs
+    behind the wall (a GPU does not bank idle time), and a step sleeps only when that
+    clock is at least the timer resolution ahead; a shorter step just yields to the
+    loop, so requests still arrive and replies leave between steps."""
+
+    def __init__(self, roofline: Roofline):
+        self._roofline = roofline
+        self._due = 0.0
+
+    async def step(self, simulated_seconds: float) -> None:
+        now = time.monotonic()
+        self._due = max(self._due, now) + self._roofline.wall(simulated_seconds)
+        ahead = self._due - now
+        await asyncio.sleep(ahead if ahead >= TIMER_RESOLUTION else 0)

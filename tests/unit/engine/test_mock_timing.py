@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from orchestrator.engine.base import EngineError
@@ -12,7 +14,8 @@ from orchestrator.engine.mock.sizing import (
     kv_bytes_per_token_per_gpu,
     resolve_pool,
 )
-from orchestrator.engine.mock.timing import Roofline, decode_seconds, prefill_seconds, transfer_seconds
+from orchestrator.engine.mock import timing
+from orchestrator.engine.mock.timing import Roofline, StepClock, decode_seconds, prefill_seconds, transfer_seconds
 from orchestrator.planes.messages import ErrorKind
 from tests.unit.engine.mock_support import DEEPSEEK_R1, LLAMA_70B_FP8, TINY
 
@@ -107,3 +110,38 @@ def test_step_time_adds_its_parts_and_the_overhead():
     assert mixed == pytest.approx(2e-3 + roofline.prefill_seconds(512) + roofline.decode_seconds(4096))
     assert roofline.step_seconds(512, 0, decoding=False) == pytest.approx(2e-3 + roofline.prefill_seconds(512))
     assert roofline.wall(mixed) == pytest.approx(mixed / 10)
+
+
+def test_step_clock_keeps_sub_millisecond_steps_at_their_speed(monkeypatch):
+    """Steps shorter than the timer resolution are not each stretched to it: they yield
+    until the running clock is a millisecond ahead, then sleep that off at once, so
+    the wall time slept is the steps' time. Idle time is not banked."""
+    wall = [100.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        wall[0] += seconds
+
+    monkeypatch.setattr(timing.time, "monotonic", lambda: wall[0])
+    monkeypatch.setattr(timing.asyncio, "sleep", sleep)
+    clock = StepClock(Roofline(LLAMA_70B_FP8, H100, Timing(speedup_ratio=1000)))
+
+    async def steps(count: int, simulated: float) -> None:
+        for _ in range(count):
+            await clock.step(simulated)
+
+    asyncio.run(steps(20, 0.2))  # 0.2 ms each on the wall
+    assert sum(slept) == pytest.approx(20 * 0.2e-3)
+    assert [s for s in slept if s] == pytest.approx([1e-3] * 4)
+    assert slept.count(0) == 16
+
+    wall[0] += 1.0  # idle: the next short step has no time in hand and only yields
+    slept.clear()
+    asyncio.run(steps(1, 0.2))
+    assert slept == [0]
+
+    wall[0] += 1.0
+    slept.clear()
+    asyncio.run(steps(1, 5.0))  # longer than the resolution: slept at once
+    assert slept == pytest.approx([5e-3])
