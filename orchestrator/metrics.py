@@ -51,49 +51,70 @@ class ComponentMetrics:
 TOKEN_BUCKETS = (1, 8, 32, 128, 512, 1024, 2048, 4096, 8192, 16384, 32768, 131072)
 
 
+class Labelled:
+    """A metric with labels, called with its label values in order for the child:
+    `labels()` takes over a microsecond and a request touches a dozen children, so each
+    is looked up once and kept (the label sets are bounded)."""
+
+    def __init__(self, metric: Counter | Gauge | Histogram):
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Counter | Gauge | Histogram] = {}
+
+    def __call__(self, *values: str):
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.metric.labels(*values)
+        return child
+
+
 class FrontendMetrics:
     """What the frontend counts (`dynamo_frontend_*`). Labels: the served model, the
     endpoint (chat_completions | completions | embeddings) and the request type
-    (stream | unary); no per-request or per-user label."""
+    (stream | unary); no per-request or per-user label. Every metric but
+    `disconnected` is `Labelled`: `metrics.ttft(model).observe(seconds)`."""
 
     def __init__(self, registry: CollectorRegistry):
+        def labelled(kind, name: str, doc: str, labels: tuple[str, ...], **options) -> Labelled:
+            return Labelled(kind(name, doc, labels, registry=registry, **options))
+
         model, full = ("model",), ("model", "endpoint", "request_type")
-        self.requests = Counter("dynamo_frontend_requests", "Requests by outcome", (*full, "status"), registry=registry)
-        self.inflight = Gauge("dynamo_frontend_inflight_requests", "Requests being served", model, registry=registry)
-        self.queued = Gauge("dynamo_frontend_queued_requests", "Requests waiting for their first token", model,
-                            registry=registry)
-        self.ttft = Histogram("dynamo_frontend_time_to_first_token_seconds", "Time to first token", model,
-                              buckets=LATENCY_BUCKETS, registry=registry)
-        self.itl = Histogram("dynamo_frontend_inter_token_latency_seconds", "Time between tokens", model,
-                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1), registry=registry)
-        self.duration = Histogram("dynamo_frontend_request_duration_seconds", "Request duration", model,
-                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.input_tokens = Histogram("dynamo_frontend_input_sequence_tokens", "Prompt tokens", model,
-                                      buckets=TOKEN_BUCKETS, registry=registry)
-        self.output_tokens = Histogram("dynamo_frontend_output_sequence_tokens", "Generated tokens", model,
-                                       buckets=TOKEN_BUCKETS, registry=registry)
-        self.cached_tokens = Histogram("dynamo_frontend_cached_tokens", "Prompt tokens served from a prefix cache",
-                                       model, buckets=TOKEN_BUCKETS, registry=registry)
+        latency, tokens = {"buckets": LATENCY_BUCKETS}, {"buckets": TOKEN_BUCKETS}
+        self.requests = labelled(Counter, "dynamo_frontend_requests", "Requests by outcome", (*full, "status"))
+        self.inflight = labelled(Gauge, "dynamo_frontend_inflight_requests", "Requests being served", model)
+        self.queued = labelled(Gauge, "dynamo_frontend_queued_requests", "Requests waiting for their first token",
+                               model)
+        self.ttft = labelled(Histogram, "dynamo_frontend_time_to_first_token_seconds", "Time to first token", model,
+                             **latency)
+        self.itl = labelled(Histogram, "dynamo_frontend_inter_token_latency_seconds", "Time between tokens", model,
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1))
+        self.duration = labelled(Histogram, "dynamo_frontend_request_duration_seconds", "Request duration", model,
+                                 **latency)
+        self.input_tokens = labelled(Histogram, "dynamo_frontend_input_sequence_tokens", "Prompt tokens", model,
+                                     **tokens)
+        self.output_tokens = labelled(Histogram, "dynamo_frontend_output_sequence_tokens", "Generated tokens", model,
+                                      **tokens)
+        self.cached_tokens = labelled(Histogram, "dynamo_frontend_cached_tokens",
+                                      "Prompt tokens served from a prefix cache", model, **tokens)
         self.disconnected = Counter("dynamo_frontend_disconnected_clients", "Clients gone before their answer",
                                     registry=registry)
-        self.cancellations = Counter("dynamo_frontend_model_cancellation", "Requests cancelled by their client", full,
-                                     registry=registry)
-        self.rejections = Counter("dynamo_frontend_model_rejection", "Requests refused because every worker was busy",
-                                  ("model", "endpoint"), registry=registry)
-        self.migrations = Counter("dynamo_frontend_model_migration", "Requests moved to another worker",
-                                  (*model, "migration_type"), registry=registry)
+        self.cancellations = labelled(Counter, "dynamo_frontend_model_cancellation",
+                                      "Requests cancelled by their client", full)
+        self.rejections = labelled(Counter, "dynamo_frontend_model_rejection",
+                                   "Requests refused because every worker was busy", ("model", "endpoint"))
+        self.migrations = labelled(Counter, "dynamo_frontend_model_migration", "Requests moved to another worker",
+                                   (*model, "migration_type"))
         # Per leg: an aggregated request has one, a disaggregated one a prefill and a decode leg.
         leg = ("model", "worker_type")
-        self.legs = Counter("dynamo_frontend_worker_requests", "Legs sent to workers, by outcome (ok | error | cancelled)",
-                            (*leg, "status"), registry=registry)
-        self.leg_first_reply = Histogram("dynamo_frontend_worker_time_to_first_reply_seconds",
-                                         "From sending a leg to its first reply (a prefill leg: its only one)", leg,
-                                         buckets=LATENCY_BUCKETS, registry=registry)
-        self.kv_transfer = Histogram("dynamo_frontend_kv_transfer_seconds",
-                                     "Time a disaggregated request's KV took to move from prefill to decode, as the "
-                                     "prefill worker measured it", ("model",), buckets=LATENCY_BUCKETS, registry=registry)
-        self.leg_duration = Histogram("dynamo_frontend_worker_request_duration_seconds", "From sending a leg to its end",
-                                      leg, buckets=LATENCY_BUCKETS, registry=registry)
+        self.legs = labelled(Counter, "dynamo_frontend_worker_requests",
+                             "Legs sent to workers, by outcome (ok | error | cancelled)", (*leg, "status"))
+        self.leg_first_reply = labelled(Histogram, "dynamo_frontend_worker_time_to_first_reply_seconds",
+                                        "From sending a leg to its first reply (a prefill leg: its only one)", leg,
+                                        **latency)
+        self.kv_transfer = labelled(Histogram, "dynamo_frontend_kv_transfer_seconds",
+                                    "Time a disaggregated request's KV took to move from prefill to decode, as the "
+                                    "prefill worker measured it", model, **latency)
+        self.leg_duration = labelled(Histogram, "dynamo_frontend_worker_request_duration_seconds",
+                                     "From sending a leg to its end", leg, **latency)
 
 
 class KvRelayMetrics:

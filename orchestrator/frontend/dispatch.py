@@ -53,7 +53,7 @@ class Placement:
     def __init__(self, instance: Instance, candidate: Candidate, tokens: int, page_size: int,
                  metrics: FrontendMetrics, model: str):
         self.instance, self.dp_rank = instance, candidate.dp_rank
-        self._labels = {"model": model, "worker_type": instance.record.worker_type.value}
+        self._labels = (model, instance.record.worker_type.value)
         self._metrics, self._sent, self._replied = metrics, time.monotonic(), False
         self._rank: RankState = instance.rank(candidate.dp_rank or 0)
         self._prefill = max(0, tokens - candidate.overlap_blocks * page_size)
@@ -69,7 +69,7 @@ class Placement:
         if self._replied:
             return
         self._replied = True
-        self._metrics.leg_first_reply.labels(**self._labels).observe(time.monotonic() - self._sent)
+        self._metrics.leg_first_reply(*self._labels).observe(time.monotonic() - self._sent)
         self._rank.prefill_tokens -= self._prefill
         self._prefill = 0
 
@@ -77,8 +77,8 @@ class Placement:
         if self._released:
             return
         self._released = True
-        self._metrics.legs.labels(**self._labels, status=status).inc()
-        self._metrics.leg_duration.labels(**self._labels).observe(time.monotonic() - self._sent)
+        self._metrics.legs(*self._labels, status).inc()
+        self._metrics.leg_duration(*self._labels).observe(time.monotonic() - self._sent)
         self._rank.prefill_tokens -= self._prefill
         self._rank.decode_blocks -= self._blocks
         self._rank.inflight -= 1
@@ -136,7 +136,7 @@ class Dispatcher:
             if attempt == self.migration_limit:
                 break
             kind = "ongoing_request" if generated else "new_request"
-            self.metrics.migrations.labels(model=model.name, migration_type=kind).inc()
+            self.metrics.migrations(model.name, kind).inc()
             log.info("migrating %s after %d tokens: %s", request.request_id, len(generated), error.message)
         raise GenerationError(503, f"Cannot recreate stream: {error.message} (migration limit {self.migration_limit})")
 
@@ -187,7 +187,7 @@ class Dispatcher:
                         if isinstance(reply, m.ErrorReply):
                             return reply
                         if reply.kv_transfer_s is not None:
-                            self.metrics.kv_transfer.labels(model=model.name).observe(reply.kv_transfer_s)
+                            self.metrics.kv_transfer(model.name).observe(reply.kv_transfer_s)
                 return None
             finally:
                 prefill.release(status)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import jinja2
@@ -36,8 +35,8 @@ class Choices:
 
     def __init__(self, dispatcher: Dispatcher, model: Model, metrics: FrontendMetrics):
         self.dispatcher, self.model = dispatcher, model
-        self._queued = metrics.queued.labels(model=model.name)  # looked up once, used per token
-        self._itl = metrics.itl.labels(model=model.name)
+        self._queued = metrics.queued(model.name)
+        self._itl = metrics.itl(model.name)
         self.first_token: float | None = None
         self._last_token: float | None = None
 
@@ -91,7 +90,7 @@ async def _when_all(tasks, queue: asyncio.Queue, done) -> None:
 def generate_requests(req: GenerationRequest, prompts: list[list[int]], max_tokens: list[int]) -> list:
     """One engine request per (prompt, choice). With n > 1 and sampling, each choice gets
     its own seed, so choices differ yet stay reproducible when the caller gave a seed."""
-    base_id = uuid.uuid4().hex
+    base_id = responses.unique_hex()
     base_seed = req.sampling.seed if req.sampling.seed is not None else random.getrandbits(31)
     jobs = []
     for p, (ids, budget) in enumerate(zip(prompts, max_tokens, strict=True)):

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import time
-import uuid
 from collections import defaultdict
 
 from aiohttp import web
@@ -102,9 +101,9 @@ class FrontendServer:
 
     async def _generate(self, request, endpoint, model, req, jobs, prompt_tokens) -> web.StreamResponse:
         kind = "stream" if req.stream else "unary"
-        labels = {"model": model.name, "endpoint": endpoint, "request_type": kind}
-        self.metrics.inflight.labels(model=model.name).inc()
-        self.metrics.input_tokens.labels(model=model.name).observe(sum(prompt_tokens))
+        labels = (model.name, endpoint, kind)
+        self.metrics.inflight(model.name).inc()
+        self.metrics.input_tokens(model.name).observe(sum(prompt_tokens))
         started = time.monotonic()
         status = "error"
         try:
@@ -114,20 +113,20 @@ class FrontendServer:
             response = await body
             status = "success"
             if choices.first_token is not None:
-                self.metrics.ttft.labels(model=model.name).observe(choices.first_token - started)
+                self.metrics.ttft(model.name).observe(choices.first_token - started)
             return response
         except (asyncio.CancelledError, ConnectionResetError):
-            self.metrics.cancellations.labels(**labels).inc()
+            self.metrics.cancellations(*labels).inc()
             self.metrics.disconnected.inc()
             raise
         except GenerationError as e:
             if e.rejected:
-                self.metrics.rejections.labels(model=model.name, endpoint=endpoint).inc()
+                self.metrics.rejections(model.name, endpoint).inc()
             raise
         finally:
-            self.metrics.requests.labels(**labels, status=status).inc()
-            self.metrics.inflight.labels(model=model.name).dec()
-            self.metrics.duration.labels(model=model.name).observe(time.monotonic() - started)
+            self.metrics.requests(*labels, status).inc()
+            self.metrics.inflight(model.name).dec()
+            self.metrics.duration(model.name).observe(time.monotonic() - started)
 
     async def _unary(self, endpoint, model, req, choices, jobs, prompt_tokens) -> web.Response:
         collected: dict[int, list[Delta]] = defaultdict(list)
@@ -219,8 +218,8 @@ class FrontendServer:
         finals = [d.usage for d in deltas if d.usage is not None]
         completion = sum(u.completion_tokens for u in finals)
         cached = max((u.cached_tokens for u in finals), default=0)
-        self.metrics.output_tokens.labels(model=model.name).observe(completion)
-        self.metrics.cached_tokens.labels(model=model.name).observe(cached)
+        self.metrics.output_tokens(model.name).observe(completion)
+        self.metrics.cached_tokens(model.name).observe(cached)
         return responses.usage(sum(prompt_tokens), completion, cached)
 
     # -- embeddings, models, health ------------------------------------------------------------
@@ -234,7 +233,7 @@ class FrontendServer:
         instance = h.embedding_worker(model)
         instance.inflight += 1
         try:
-            async for reply in instance.client.stream(m.EmbedRequest(request_id=uuid.uuid4().hex, inputs=inputs)):
+            async for reply in instance.client.stream(m.EmbedRequest(request_id=responses.unique_hex(), inputs=inputs)):
                 if isinstance(reply, m.ErrorReply):
                     raise GenerationError(400 if reply.kind == m.ErrorKind.INVALID else 503, reply.message)
                 return web.json_response(

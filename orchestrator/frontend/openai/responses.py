@@ -11,8 +11,8 @@ read: `reasoning_content` next to `content`.
 from __future__ import annotations
 
 import base64
+import random
 import struct
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,12 +23,18 @@ _FINISH_REASONS = {"stop": "stop", "eos": "stop", "length": "length", "content_f
 _MIN_LOGPROB = -9999.0
 
 
+def unique_hex() -> str:
+    """128 random bits as 32 hex digits, for ids. `uuid4` reads the OS's random source,
+    a system call per id; `random` is seeded from it once (and again after a fork)."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def chat_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{unique_hex()}"
 
 
 def completion_id() -> str:
-    return f"cmpl-{uuid.uuid4().hex}"
+    return f"cmpl-{unique_hex()}"
 
 
 def finish_reason(engine_reason: str, *, called_tools: bool = False) -> str:

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -59,7 +58,7 @@ from typing import Any, Callable
 
 from orchestrator.errors import ConfigError
 from orchestrator.frontend.models import Model
-from orchestrator.frontend.openai import errors
+from orchestrator.frontend.openai import errors, responses
 from orchestrator.frontend.openai.requests import ChatRequest
 from orchestrator.frontend.parsers import ReasoningParser, ToolCall, ToolCallDelta, ToolCallParser
 
@@ -391,7 +390,7 @@ class _Increments:
 def _add(deltas: list[ToolCallDelta], index: int, name: str | None, arguments: str) -> None:
     """Append one of SGLang's call items; arguments right after their call's piece join it."""
     if name:
-        deltas.append(ToolCallDelta(index, f"call_{uuid.uuid4().hex[:24]}", name, arguments))
+        deltas.append(ToolCallDelta(index, f"call_{responses.unique_hex()[:24]}", name, arguments))
     elif deltas and deltas[-1].index == index:
         last = deltas[-1]
         deltas[-1] = ToolCallDelta(index, last.id, last.name, last.arguments + arguments)
