@@ -1,12 +1,15 @@
 """Frontend overhead: our frontend against NVIDIA Dynamo 1.6.1's, in one run, on one machine.
 
 Each side is a frontend with mock workers made overhead-bound (a large speed-up), so the
-numbers measure the frontend, not the simulated GPU. The sides run one after another,
-never together, and alternate order between repeats. For each cell of the matrix
-(concurrency x keep-alive / fresh connections) a separate load process (`load.py`)
-drives the frontend with streamed chat completions, while this script charges CPU time
-to the frontend, the workers, the load process and everything else on the machine (so a
-busy machine shows in the results instead of silently skewing them).
+numbers measure the frontend, not the simulated GPU. Both sides are started fresh for
+each repeat and stay up through it, and each cell of the matrix (concurrency x
+keep-alive / fresh connections) is measured on one side right after the other, in an
+order that alternates between repeats: a shared host's speed drifts over minutes, and
+this way a drift touches both sides of a comparison alike. For each cell a separate
+load process (`load.py`) drives one frontend with streamed chat completions, while
+this script charges CPU time to that side's frontend and workers, the load process and
+everything else on the machine, the idle side included (so a busy machine shows in the
+results instead of silently skewing them).
 
     python benchmarks/frontend_overhead.py --ours-python /tmp/venv/bin/python \\
         --peer-python /tmp/dynvenv/bin/python --out /tmp/frontend_overhead.json
@@ -18,6 +21,7 @@ concurrency 1, at most 2 ms of TTFT added over the peer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -152,7 +156,7 @@ def measure_quietly(args, fleet: Fleet, url: str, concurrency: int, mode: str, s
         cell = measure(args, fleet, url, concurrency, mode, seed + attempt * 10_000)
         cell["idle_before"] = idle
         attempts.append(cell)
-        print(f"  c={concurrency:<3} {mode:<9} {cell['req_per_s']:8.1f} req/s  "
+        print(f"  {fleet.side.name:<4}  c={concurrency:<3} {mode:<9} {cell['req_per_s']:8.1f} req/s  "
               f"TTFT p50 {cell['ttft_ms']['p50']} ms  errors {cell['errors']}  "
               f"other CPU {cell['other_cpu_cores']:.2f} cores", flush=True)
         if cell["other_cpu_cores"] <= args.max_other_cores:
@@ -162,23 +166,31 @@ def measure_quietly(args, fleet: Fleet, url: str, concurrency: int, mode: str, s
     return best
 
 
-def run_side(args, name: str, run_dir: Path, log_dir: Path, repeat: int) -> dict:
+def start_side(args, stack: contextlib.ExitStack, name: str, run_dir: Path, log_dir: Path, repeat: int):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     common = dict(model_dir=args.model_dir, model=args.model, workers=args.workers, port=port,
                   router_mode=args.router_mode, run_dir=run_dir / f"{name}-{repeat}")
     side = our_side(args.ours_python, speedup=args.ours_speedup, **common) if name == "ours" else \
         peer_side(args.peer_python, speedup=args.peer_speedup, log_level=args.peer_log, **common)
+    return stack.enter_context(Fleet(side, url, args.model, log_dir, ready_timeout=60)), url
+
+
+def run_repeat(args, order: list[str], run_dir: Path, log_dir: Path, repeat: int) -> list[dict]:
+    """Start every side, then measure each cell on the sides in `order`, back to back."""
     idle = wait_idle(args.idle_busy, args.idle_wait)
-    print(f"[repeat {repeat + 1}] {name}: machine {idle['busy_fraction']:.0%} busy before start", flush=True)
-    cells = []
-    with Fleet(side, url, args.model, log_dir, ready_timeout=60) as fleet:
+    print(f"[repeat {repeat + 1}] {' then '.join(order)}: machine {idle['busy_fraction']:.0%} busy before start",
+          flush=True)
+    runs = {name: {"side": name, "repeat": repeat, "idle_before": idle, "cells": []} for name in order}
+    with contextlib.ExitStack() as stack:
+        fleets = {name: start_side(args, stack, name, run_dir, log_dir, repeat) for name in order}
         for i, concurrency in enumerate(args.concurrency):
             for j, mode in enumerate(args.modes):
                 seed = (repeat * 100 + i * 10 + j) * 100_000
-                cell = measure_quietly(args, fleet, url, concurrency, mode, seed)
-                cells.append(cell)
-    return {"side": name, "repeat": repeat, "idle_before": idle, "cells": cells}
+                for name in order:
+                    fleet, url = fleets[name]
+                    runs[name]["cells"].append(measure_quietly(args, fleet, url, concurrency, mode, seed))
+    return [runs[name] for name in order]
 
 
 def versions(args) -> dict:
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for repeat in range(args.repeats):
             order = args.sides if repeat % 2 == 0 else list(reversed(args.sides))
-            runs += [run_side(args, name, run_dir, log_dir, repeat) for name in order]
+            runs += run_repeat(args, order, run_dir, log_dir, repeat)
     except BenchError as e:
         print(f"frontend_overhead: {e}", file=sys.stderr)
         return 3
