@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from report import print_table, summarize
-from sides import BenchError, Fleet, machine_cpu, our_side, peer_side
+from sides import BenchError, Fleet, exit_on_sigterm, machine_cpu, our_side, peer_side
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -217,6 +217,7 @@ def versions(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    exit_on_sigterm()
     run_dir = Path(tempfile.mkdtemp(prefix="frontend-overhead-"))
     log_dir = Path(args.log_dir) if args.log_dir else run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

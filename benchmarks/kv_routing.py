@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Self
 
 import aiohttp
-from sides import Fleet, kv_events_applied, peer_kv_side
+from sides import Fleet, exit_on_sigterm, kv_events_applied, peer_kv_side
 
 from orchestrator.engine.mock.kv_cache import KvCache
 
@@ -424,6 +424,7 @@ def main() -> None:
     parser.add_argument("--log-dir", help="process logs (default: a temporary directory)")
     parser.add_argument("--out", help="write the configuration and every run (with its requests) as JSON here")
     args = parser.parse_args()
+    exit_on_sigterm()
     if args.peer_speedup is None:
         args.peer_speedup = round(args.speedup * PEER_SPEEDUP_SCALE, 3)
     if args.peer_python and not os.access(args.peer_python, os.X_OK):

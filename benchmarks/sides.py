@@ -9,8 +9,9 @@ NATS on file discovery, the TCP request plane and the ZMQ event plane.
 workers, then the frontend, each in its own session with its output in a log file,
 and waits under one deadline (watching for early exits) until the frontend lists every
 worker and answers a streamed request. Leaving the block terminates every process
-group, waits, kills what is left, and reaps. It also reads the CPU time the processes
-have used, so the benchmark can charge CPU to the frontend and the workers.
+group, waits, kills what is left, and reaps (also when the benchmark is terminated,
+once it has called `exit_on_sigterm`). It also reads the CPU time the processes have
+used, so the benchmark can charge CPU to the frontend and the workers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -191,6 +193,12 @@ def kv_events_applied(metrics: str, event_type: str) -> float:
         if f'event_type="{event_type}"' in labels and ('status="' not in labels or 'status="ok"' in labels):
             total += float(value)
     return total
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM leave the benchmark as an exception does: every `with` block it is in
+    exits, so the processes it started (each in its own session) are stopped too."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
