@@ -123,22 +123,31 @@ def test_sigterm_under_streaming_load_completes_every_request(tmp_path):
         launch.wait_ready()
         c = client(launch.url)
         results: list = []
+        streaming = threading.Semaphore(0)  # released once per request that has its first token
 
         def one() -> None:
             try:
                 stream = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=1000, stream=True,
                                                    extra_body={"ignore_eos": True})
-                results.append([ch.choices[0].finish_reason for ch in stream if ch.choices][-1])
+                reasons, started = [], False
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content and not started:
+                        started = True
+                        streaming.release()
+                    reasons += [chunk.choices[0].finish_reason] if chunk.choices else []
+                results.append(reasons[-1])
             except Exception as e:  # shown by the assertion below
                 results.append(repr(e))
 
         threads = [threading.Thread(target=one) for _ in range(6)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
-        while _inflight(launch.url) < 6:
-            assert time.monotonic() < deadline, "the requests never got going"
-            time.sleep(0.05)
+        # In flight means a worker is generating it: a request still on its way to a worker
+        # when the worker starts draining is handed back, and with every worker draining it
+        # has nowhere to go.
+        for _ in threads:
+            assert streaming.acquire(timeout=20), "the requests never got going"
+        assert _inflight(launch.url) == 6
         launch.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)
