@@ -6,7 +6,8 @@ GPUs at a fraction of peak); decode is bandwidth-bound (every step streams this
 GPU's weights plus the KV of the whole batch). Dynamo's mocker fits polynomials to
 profiles instead; a roofline needs no profile and scales with the model and GPU
 numbers a recipe already has. The functions are pure so tests can check them
-against hand calculations; `Roofline` binds them to one engine's config.
+against hand calculations; `Roofline` binds them to one engine's config, and
+`StepClock` waits a scheduler's steps out on the wall clock.
 """
 
 from __future__ import annotations
