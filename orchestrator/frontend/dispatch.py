@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _RETRY = m.ErrorKind.MIGRATABLE | {m.ErrorKind.BOOTSTRAP_TIMEOUT}
 _STATUS = {m.ErrorKind.INVALID: 400, m.ErrorKind.OVERLOADED: 503, m.ErrorKind.BOOTSTRAP_TIMEOUT: 503}
+PREFILL_SETTLE_S = 1.0  # how long a finished decode leg waits for its prefill leg's last reply
 
 
 class GenerationError(Exception):
@@ -217,6 +218,10 @@ class Dispatcher:
                         return
                     next_reply = asyncio.ensure_future(anext(decode_replies))
         finally:
+            if decode_status == "ok" and not prefilling.done():
+                # Decode finished, so the prefill leg's KV arrived and its own last reply is on
+                # the way (a fast decode can beat it): let that reply settle the leg's outcome.
+                await asyncio.wait({prefilling}, timeout=PREFILL_SETTLE_S)
             for task in (next_reply, prefilling):
                 task.cancel()
             await asyncio.gather(next_reply, prefilling, return_exceptions=True)
