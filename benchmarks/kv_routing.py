@@ -95,7 +95,7 @@ from pathlib import Path
 from typing import Self
 
 import aiohttp
-from sides import Fleet, exit_on_sigterm, kv_events_applied, peer_kv_side
+from sides import Fleet, exit_on_sigterm, kv_events_applied, machine_cpu, peer_kv_side
 
 from orchestrator.engine.mock.kv_cache import KvCache
 
@@ -301,12 +301,6 @@ def oracle(records: list[dict], workers: int) -> dict:
     return {"hit_rate": cached / prompts, "uncached_per_request": (prompts - cached) / len(records)}
 
 
-def cpu_jiffies() -> tuple[int, int]:
-    """All CPUs' time since boot, in jiffies: (total, idle); guest time is already in user."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
-    return user + nice + system + idle + iowait + irq + softirq + steal, idle + iowait
-
-
 def summary(records: list[dict]) -> dict:
     ok = [r for r in records if "error" not in r]
     ttft = sorted(r["first"] - r["sent"] for r in ok)
@@ -324,11 +318,11 @@ def run_one(args, name: str, conversations: list[Conversation], log_dir: Path) -
     extra = {"nvext": {"extra_fields": ["timing"]}} if side == "peer" else {}
     with deployment:
         model = deployment.model if side == "peer" else deployment.model()
-        total0, idle0 = cpu_jiffies()
+        busy0, total0 = machine_cpu()
         records = asyncio.run(replay(deployment.url, model, conversations, args.max_tokens, extra))
-        total, idle = cpu_jiffies()
+        busy, total = machine_cpu()
         result = summary(records)
-        result["cpu_busy"] = 1 - (idle - idle0) / max(total - total0, 1)
+        result["cpu_busy"] = (busy - busy0) / max(total - total0, 1e-9)
         if router == "kv":
             metrics = http_get(f"{deployment.url}/metrics")
             result["stored_events"] = kv_events_applied(metrics, "stored")

@@ -57,13 +57,13 @@ class Labelled:
     is looked up once and kept (the label sets are bounded)."""
 
     def __init__(self, metric: Counter | Gauge | Histogram):
-        self.metric = metric
+        self._metric = metric
         self._children: dict[tuple[str, ...], Counter | Gauge | Histogram] = {}
 
     def __call__(self, *values: str):
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = self.metric.labels(*values)
+            child = self._children[values] = self._metric.labels(*values)
         return child
 
 
