@@ -18,6 +18,8 @@ import random
 import struct
 from typing import Optional, Sequence
 
+import xxhash
+
 from orchestrator.planes.messages import SamplingOptions, StopConditions, TopLogprob
 
 _MASK = (1 << 64) - 1
@@ -32,11 +34,13 @@ def _splitmix(value: int) -> int:
     return z ^ (z >> 31)
 
 
+# (length, seed, the last tokens), packed for each count of last tokens the sequence has
+_PACK = [struct.Struct(f"<{2 + n}Q").pack for n in range(_CONTEXT + 1)]
+
+
 def _hash(sequence: Sequence[int], seed: Optional[int]) -> int:
-    h = _splitmix(len(sequence) ^ ((seed or 0) * 0x2545F4914F6CDD1D & _MASK))
-    for token in sequence[-_CONTEXT:]:
-        h = _splitmix(h ^ token)
-    return h
+    tail = sequence[-_CONTEXT:]
+    return xxhash.xxh3_64_intdigest(_PACK[len(tail)](len(sequence), (seed or 0) & _MASK, *tail))
 
 
 class TokenModel:
