@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import jinja2
-from aiohttp import web
 
+from orchestrator.frontend import web
 from orchestrator.frontend.dispatch import Dispatcher, GenerationError
 from orchestrator.frontend.generation import ChoiceOptions, Delta, choice_stream
 from orchestrator.frontend.models import Model, ModelRegistry
@@ -185,25 +185,13 @@ def completion_logprobs(model: Model, delta: Delta, offset: int) -> dict[str, An
     return responses.completion_logprobs(tokens, list(delta.logprobs), tops, offsets)
 
 
-class _EventStream(web.StreamResponse):
-    # aiohttp's switch (web.Response sets it too): the headers wait for the first write
-    # and go out with it, one send instead of two.
-    _send_headers_immediately = False
-
-
 class Responder:
     """Writes a stream of events. Events are held until `send` or `finish`, which write
     everything held in one piece: fewer writes (and TCP segments) with the same bytes."""
 
     def __init__(self, request: web.Request):
-        self.request = request
-        self.response = _EventStream(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        self.response = web.EventStream(request)
         self._held: list[bytes] = []
-
-    async def start(self) -> None:
-        await self.response.prepare(self.request)
 
     def hold(self, obj: Any) -> None:
         """An event that can wait for the next one (a stream's opening chunk)."""
@@ -213,14 +201,14 @@ class Responder:
         self.hold(obj)
         await self.response.write(self._take())
 
-    async def finish(self, last: Any = None, error: errors.RequestError | None = None) -> web.StreamResponse:
+    async def finish(self, last: Any = None, error: errors.RequestError | None = None) -> web.EventStream:
         """End the stream: the `last` event (the usage chunk) or the `error` event, then [DONE]."""
         if last is not None:
             self.hold(last)
         if error is not None:
             self._held.append(sse_error(error))
         self._held.append(SSE_DONE)
-        await self.response.write_eof(self._take())
+        await self.response.write(self._take(), last=True)
         return self.response
 
     def _take(self) -> bytes:

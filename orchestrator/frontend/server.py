@@ -1,7 +1,6 @@
 """The frontend's HTTP server: OpenAI routes plus /health, /live and /metrics.
 
-Handlers are cancelled when their client disconnects (aiohttp's `handler_cancellation`),
-which closes every choice stream and so sends a cancel to each worker at once; the
+Handlers are cancelled when their client disconnects (see `web`), which closes every choice stream and so sends a cancel to each worker at once; the
 cancellation is counted. Errors answer with OpenAI's JSON error body and an honest
 status; a stream that fails after it started ends with an error event and [DONE].
 """
@@ -15,10 +14,10 @@ import logging
 import time
 from collections import defaultdict
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from orchestrator.frontend import handlers as h
+from orchestrator.frontend import web
 from orchestrator.frontend.dispatch import Dispatcher, GenerationError
 from orchestrator.frontend.generation import Delta
 from orchestrator.frontend.models import ModelRegistry
@@ -34,7 +33,8 @@ from orchestrator.router import KvPolicy, KvRouter
 
 log = logging.getLogger(__name__)
 
-BODY_LIMIT = 64 * 1024 * 1024
+# In-flight requests get this long to finish once the frontend is asked to stop.
+GRACE_S = 60.0
 
 
 class FrontendServer:
@@ -44,62 +44,55 @@ class FrontendServer:
         self.sglang = sglang  # SGLang's chat processor (--dyn-chat-processor sglang), or our own
         self.models, self.dispatcher, self.registry, self.metrics = models, dispatcher, registry, metrics
         self.shutting_down = False
-        app = web.Application(client_max_size=BODY_LIMIT, middlewares=[self._errors])
-        app.router.add_post("/v1/chat/completions", self.chat)
-        app.router.add_post("/v1/completions", self.completions)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_get("/v1/models", self.list_models)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/live", self.live)
-        app.router.add_get("/metrics", self.prometheus)
-        app.router.add_get("/busy_threshold", self.busy_threshold)
-        app.router.add_post("/busy_threshold", self.busy_threshold)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self.http = web.HttpServer(host, port, self._errors)
+        for method, path, handler in [
+            ("POST", "/v1/chat/completions", self.chat),
+            ("POST", "/v1/completions", self.completions),
+            ("POST", "/v1/embeddings", self.embeddings),
+            ("GET", "/v1/models", self.list_models),
+            ("GET", "/health", self.health),
+            ("GET", "/live", self.live),
+            ("GET", "/metrics", self.prometheus),
+            ("GET", "/busy_threshold", self.busy_threshold),
+            ("POST", "/busy_threshold", self.busy_threshold),
+        ]:
+            self.http.route(method, path, handler)
 
     async def start(self) -> None:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        log.info("frontend listening on http://%s:%d", self.host, self.port)
+        await self.http.start()
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        await self.http.close(GRACE_S)
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler):
+    async def _errors(self, handler, request: web.Request):
         try:
             return await handler(request)
         except errors.RequestError as e:
-            return web.json_response(e.body(), status=e.status)
+            return web.error_response(e)
         except GenerationError as e:
-            error = h.http_error(e)
-            return web.json_response(error.body(), status=error.status)
-        except web.HTTPException as e:
-            if e.status == 413:
-                error = errors.payload_too_large(BODY_LIMIT)
-                return web.json_response(error.body(), status=413)
-            raise
+            return web.error_response(h.http_error(e))
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            return web.json_response(errors.internal_error().body(), status=500)
+            return web.error_response(errors.internal_error())
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def chat(self, request: web.Request) -> web.StreamResponse:
-        req = parse_chat(await _body(request))
+    async def chat(self, request: web.Request) -> web.Response | web.EventStream:
+        req = parse_chat(_body(request))
         model = h.model_of(self.models, req.model)
         jobs, prompt = h.chat_jobs(model, req, self.sglang)
         return await self._generate(request, "chat_completions", model, req, jobs, [len(prompt)])
 
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        req = parse_completion(await _body(request))
+    async def completions(self, request: web.Request) -> web.Response | web.EventStream:
+        req = parse_completion(_body(request))
         model = h.model_of(self.models, req.model)
         jobs = h.completion_jobs(model, req)
         prompts = [len(job[1].token_ids) for job in jobs[:: req.n]]
         return await self._generate(request, "completions", model, req, jobs, prompts)
 
-    async def _generate(self, request, endpoint, model, req, jobs, prompt_tokens) -> web.StreamResponse:
+    async def _generate(self, request, endpoint, model, req, jobs, prompt_tokens) -> web.Response | web.EventStream:
         kind = "stream" if req.stream else "unary"
         labels = (model.name, endpoint, kind)
         self.metrics.inflight(model.name).inc()
@@ -173,11 +166,10 @@ class FrontendServer:
             offset = len(text)
         return responses.completion_choice(index, text, deltas[-1].finish_reason, logprobs)
 
-    async def _stream(self, request, endpoint, model, req, choices, jobs, prompt_tokens) -> web.StreamResponse:
+    async def _stream(self, request, endpoint, model, req, choices, jobs, prompt_tokens) -> web.EventStream:
         chat = endpoint == "chat_completions"
         rid, created = (responses.chat_completion_id() if chat else responses.completion_id()), h.now()
         out = h.Responder(request)
-        await out.start()
         deltas: list[Delta] = []
         offsets: dict[int, int] = defaultdict(int)
         try:
@@ -225,7 +217,7 @@ class FrontendServer:
     # -- embeddings, models, health ------------------------------------------------------------
 
     async def embeddings(self, request: web.Request) -> web.Response:
-        req = parse_embedding(await _body(request))
+        req = parse_embedding(_body(request))
         model = h.model_of(self.models, req.model, embedding=True)
         inputs = [model.tokenizer.encode(x) if isinstance(x, str) else list(x) for x in req.inputs]
         for ids in inputs:
@@ -257,7 +249,7 @@ class FrontendServer:
             raise errors.invalid_request("busy thresholds belong to the KV router; start the frontend with "
                                          "--router-mode kv")
         if request.method == "POST":
-            router.policy = _with_thresholds(router.policy, await _json_object(request))
+            router.policy = _with_thresholds(router.policy, _json_object(request))
             log.info("busy thresholds now: KV usage %g, prefill tokens %d", router.policy.busy_kv_usage,
                      router.policy.busy_prefill_tokens)
         return web.json_response({"active_decode_blocks_threshold": router.policy.busy_kv_usage,
@@ -283,22 +275,18 @@ class FrontendServer:
         return web.json_response({"status": "live", "message": "Service is live"})
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
 
 
-async def _body(request: web.Request):
-    raw = await request.read()
+def _body(request: web.Request):
     try:
-        return json.loads(raw)
+        return json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise errors.invalid_request(f"the body is not valid JSON: {e}") from None
 
 
-async def _json_object(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise errors.invalid_request("the body is not JSON") from None
+def _json_object(request: web.Request) -> dict:
+    body = _body(request)
     if not isinstance(body, dict):
         raise errors.invalid_request("the body must be a JSON object")
     return body

@@ -133,6 +133,70 @@ def test_errors_have_openais_shape_and_honest_statuses(deployment):
     assert "dynamo_frontend_requests_total{" not in get_text(url, "/metrics"), "refused bodies never reach a worker"
 
 
+def test_unknown_routes_oversized_and_chunked_bodies(deployment):
+    url, _ = deployment
+    status, body = post(url, "/v1/chat/complete", b"{}")
+    assert status == 404 and "no route" in json.loads(body)["error"]["message"]
+    status, body = post(url, "/metrics", b"{}")
+    assert status == 405 and "takes GET" in json.loads(body)["error"]["message"]
+    # A declared length over the limit is refused before the body is sent.
+    conn = connection(url, timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Length", str(64 * 1024 * 1024 + 1))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "payload_too_large"
+    # A chunked body (no Content-Length) is read as it comes.
+    conn = connection(url, timeout=10)
+    request = json.dumps({"model": "tiny", "messages": HELLO, "max_tokens": 3}).encode()
+    conn.request("POST", "/v1/chat/completions", iter([request[:20], request[20:]]),
+                 {"Content-Type": "application/json"}, encode_chunked=True)
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["usage"]["completion_tokens"] == 3
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict]]:
+    """`count` responses with a Content-Length body, as (status, JSON body)."""
+    data, responses = b"", []
+    while len(responses) < count:
+        head_end = data.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = data[:head_end].decode().split("\r\n")
+            length = int(next(h.split(":")[1] for h in head if h.lower().startswith("content-length")))
+            if len(data) >= head_end + 4 + length:
+                responses.append((int(head[0].split()[1]), json.loads(data[head_end + 4 : head_end + 4 + length])))
+                data = data[head_end + 4 + length :]
+                continue
+        more = sock.recv(65536)
+        assert more, f"the connection closed after {len(responses)} responses"
+        data += more
+    return responses
+
+
+def test_keep_alive_pipelining_expect_continue_and_malformed_requests(deployment):
+    url, _ = deployment
+    port = urlparse(url).port
+    body = json.dumps({"model": "tiny", "prompt": "Once upon a time", "max_tokens": 2}).encode()
+    request = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request * 3 + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined, in order
+        answers = read_responses(sock, 4)
+        assert [status for status, _ in answers] == [200] * 4
+        assert [a["object"] for _, a in answers] == ["text_completion"] * 3 + ["list"]
+        # curl's way with larger bodies: the headers, then the body once the server says go on.
+        sock.sendall(request.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n", 1).split(b"\r\n\r\n")[0]
+                     + b"\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert read_responses(sock, 1)[0][0] == 200
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
+        status, error = read_responses(sock, 1)[0]
+        assert status == 400 and "malformed HTTP request" in error["error"]["message"]
+        assert sock.recv(100) == b"", "a malformed request closes its connection"
+
+
 def test_a_client_that_disconnects_cancels_the_worker_request(deployment):
     url, worker_url = deployment
     conn = connection(url, timeout=10)
