@@ -3,6 +3,7 @@
 `asyncio.Queue` serves many readers and costs a loop lookup and a waiter list on every
 item; a stream's tokens (the mock engine's outbox of one request, the request client's
 inbox of one stream) have exactly one reader, and pass through here once per token.
+`ChunkQueue` hands its reader the chunks that waited for it as one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from typing import Generic, TypeVar
+
+from orchestrator.planes.messages import Chunk
 
 T = TypeVar("T")
 
@@ -32,3 +35,15 @@ class ReaderQueue(Generic[T]):
             finally:
                 self._waiter = None
         return self._items.popleft()
+
+
+class ChunkQueue(ReaderQueue[T]):
+    """A stream's replies: a chunk comes with the chunks queued right behind it merged in,
+    up to the last chunk or an item of another kind (which stays, to be read next)."""
+
+    async def get(self) -> T:
+        item = await super().get()
+        if isinstance(item, Chunk):
+            while item.finish_reason is None and self._items and isinstance(self._items[0], Chunk):
+                item.extend(self._items.popleft())
+        return item

@@ -31,7 +31,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from orchestrator.planes import messages as m
-from orchestrator.readerqueue import ReaderQueue
+from orchestrator.readerqueue import ChunkQueue
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class RequestClient:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._connected = asyncio.Event()
-        self._streams: dict[str, _Inbox] = {}
+        self._streams: dict[str, ChunkQueue[m.FromWorker]] = {}
         self._outgoing: list[m.ToWorker] = []  # not yet sent; `_sender` sends them as one frame
         self._ready = asyncio.Event()  # set when `_outgoing` has something
         self._tasks: asyncio.TaskGroup | None = None
@@ -196,7 +196,7 @@ class RequestClient:
 
     async def stream(self, request: m.GenerateRequest | m.EmbedRequest) -> AsyncIterator[m.FromWorker]:
         """Replies until the final one; cancelling the consumer cancels the request."""
-        inbox = _Inbox()
+        inbox = ChunkQueue()
         if not self._connected.is_set():
             try:
                 async with asyncio.timeout(self.connect_timeout):
@@ -277,16 +277,3 @@ class RequestClient:
                 self._connected.clear()
                 log.info("request plane: lost %s with %d requests in flight", self.address, len(self._streams))
                 self._fail_all(f"lost {self.address}")
-
-
-class _Inbox(ReaderQueue[m.FromWorker]):
-    """The replies of one stream, as `_read` delivers them, for one consumer."""
-
-    async def get(self) -> m.FromWorker:
-        """The next reply; a chunk comes with the chunks queued right behind it merged in,
-        up to the last chunk or a reply of another kind (which stays, to be read next)."""
-        reply = await super().get()
-        if isinstance(reply, m.Chunk):
-            while reply.finish_reason is None and self._items and isinstance(self._items[0], m.Chunk):
-                reply.extend(self._items.popleft())
-        return reply

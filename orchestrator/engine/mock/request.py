@@ -19,7 +19,7 @@ from orchestrator.planes.messages import (
     SamplingOptions,
     StopConditions,
 )
-from orchestrator.readerqueue import ReaderQueue
+from orchestrator.readerqueue import ChunkQueue
 
 
 class Role(enum.Enum):
@@ -68,7 +68,7 @@ class Request:
     phase: Phase = Phase.WAITING
     cached_tokens: int = 0  # prefix-cache hit at first admission, as SGLang reports it
     retractions: int = 0
-    outbox: ReaderQueue[Outgoing] = field(default_factory=ReaderQueue)
+    outbox: ChunkQueue[Outgoing] = field(default_factory=ChunkQueue)
     leg: Optional[asyncio.Task] = None  # the transfer the stream awaits; abort cancels it
     arrived: float = field(default_factory=time.monotonic)
     admitted: Optional[float] = None

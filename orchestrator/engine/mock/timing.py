@@ -92,14 +92,25 @@ class StepClock:
     asked. The steps are instead laid end to end on a running clock that never runs
     behind the wall (a GPU does not bank idle time), and a step sleeps only when that
     clock is at least the timer resolution ahead; a shorter step just yields to the
-    loop, so requests still arrive and replies leave between steps."""
+    loop, so requests still arrive and replies leave between steps. A scheduler that
+    runs behind the wall (its steps cost more CPU than the GPU time they stand for)
+    yields once per timer resolution instead of once per step: its streams then take
+    the tokens of several steps at once, as SGLang's do when their reader falls
+    behind the scheduler, instead of the loop spending a turn per token."""
 
     def __init__(self, roofline: Roofline):
         self._roofline = roofline
-        self._due = 0.0
+        self._due = self._yielded = 0.0
 
     async def step(self, simulated_seconds: float) -> None:
         now = time.monotonic()
+        behind = self._due < now
         self._due = max(self._due, now) + self._roofline.wall(simulated_seconds)
         ahead = self._due - now
-        await asyncio.sleep(ahead if ahead >= TIMER_RESOLUTION else 0)
+        if ahead >= TIMER_RESOLUTION:
+            await asyncio.sleep(ahead)
+        elif not behind or now - self._yielded >= TIMER_RESOLUTION:
+            await asyncio.sleep(0)
+        else:
+            return  # behind the wall: the next step follows at once, as on a GPU
+        self._yielded = time.monotonic()

@@ -84,10 +84,11 @@ def test_logprobs_come_with_every_token_when_asked():
     async def main():
         async with started(tiny_config()) as engine:
             chunks = await collect(engine.generate(request("a", prompt(10, 10), max_tokens=5, top_logprobs=3)))
-            for chunk in chunks:
-                assert len(chunk.logprobs) == 1 and chunk.logprobs[0] < 0
-                assert [t.token_id for t in chunk.top_logprobs[0]][0] == chunk.token_ids[0]
-                assert len(chunk.top_logprobs[0]) == 3
+            assert sum(len(chunk.token_ids) for chunk in chunks) == 5
+            for chunk in chunks:  # one logprob and 3 alternatives (the token first) per token
+                assert len(chunk.logprobs) == len(chunk.token_ids) and all(lp < 0 for lp in chunk.logprobs)
+                assert [top[0].token_id for top in chunk.top_logprobs] == chunk.token_ids
+                assert all(len(top) == 3 for top in chunk.top_logprobs)
             plain = await collect(engine.generate(request("b", prompt(10, 10), max_tokens=5)))
             assert all(c.logprobs is None and c.top_logprobs is None for c in plain)
 

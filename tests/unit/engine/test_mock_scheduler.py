@@ -174,14 +174,20 @@ def test_prompt_that_could_never_fit_the_pool_is_refused():
     asyncio.run(main())
 
 
-def test_requests_decode_together_one_chunk_per_step():
+def test_requests_decode_together_and_a_late_reader_gets_tokens_merged():
     async def main():
         async with started(tiny_config()) as engine:
             streams = [engine.generate(request(f"r{i}", prompt(1000 * i, 20), max_tokens=12, ignore_eos=True)) for i in range(4)]
             results = await asyncio.gather(*(collect(s) for s in streams))
             for chunks in results:
-                assert [len(c.token_ids) for c in chunks] == [1] * 12
+                assert sum(len(c.token_ids) for c in chunks) == 12
                 assert chunks[-1].finish_reason == "length" and chunks[-1].prompt_tokens == 20
             assert engine.load()[0]["running"] == 0
+            # Tokens that wait for their reader reach it as one chunk.
+            late = engine.generate(request("late", prompt(9000, 20), max_tokens=12, ignore_eos=True))
+            while engine.load()[0]["waiting"] or engine.load()[0]["running"]:
+                await asyncio.sleep(0.001)  # until it has finished, with nobody reading
+            [chunk] = await collect(late)
+            assert len(chunk.token_ids) == 12 and chunk.finish_reason == "length"
 
     asyncio.run(main())

@@ -115,7 +115,8 @@ def test_step_time_adds_its_parts_and_the_overhead():
 def test_step_clock_keeps_sub_millisecond_steps_at_their_speed(monkeypatch):
     """Steps shorter than the timer resolution are not each stretched to it: they yield
     until the running clock is a millisecond ahead, then sleep that off at once, so
-    the wall time slept is the steps' time. Idle time is not banked."""
+    the wall time slept is the steps' time. Idle time is not banked. Steps that cost
+    more CPU than their time yield once a millisecond."""
     wall = [100.0]
     slept: list[float] = []
 
@@ -145,3 +146,13 @@ def test_step_clock_keeps_sub_millisecond_steps_at_their_speed(monkeypatch):
     slept.clear()
     asyncio.run(steps(1, 5.0))  # longer than the resolution: slept at once
     assert slept == pytest.approx([5e-3])
+
+    async def costly_steps(count: int, simulated: float, cpu_s: float) -> None:
+        for _ in range(count):
+            wall[0] += cpu_s
+            await clock.step(simulated)
+
+    wall[0] += 1.0  # each step costs 50 µs of CPU for 10 µs of GPU time: behind the wall,
+    slept.clear()  # the scheduler yields once a millisecond, not once a step
+    asyncio.run(costly_steps(100, 0.01, 50e-6))
+    assert slept == [0] * 5
