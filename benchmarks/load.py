@@ -174,7 +174,8 @@ class Stream:
         if self.completion_tokens != max_tokens:
             return {"error": f"completion_tokens {self.completion_tokens}"}
         itl = [b - a for a, b in pairwise(self.arrivals)]
-        return {"ttft": self.first - self.started, "itl": itl, "e2e": time.perf_counter() - self.started}
+        return {"ttft": self.first - self.started, "itl": itl, "e2e": time.perf_counter() - self.started,
+                "events": len(self.arrivals)}
 
 
 def request_bytes(host: str, path: str, payload: dict, fresh: bool) -> bytes:
@@ -267,6 +268,8 @@ def summarize(results: list[dict], elapsed: float) -> dict:
         "ttft_ms": {"p50": percentile(ttft, 50), "p90": percentile(ttft, 90), "p99": percentile(ttft, 99)},
         "itl_ms": {"p50": percentile(itl, 50), "p90": percentile(itl, 90), "p99": percentile(itl, 99)},
         "e2e_ms": {"p50": percentile(e2e, 50), "p99": percentile(e2e, 99)},
+        # how the 16 tokens came: a side that merges tokens sends fewer, larger events
+        "content_events_per_req": round(sum(r["events"] for r in ok) / len(ok), 2) if ok else None,
     }
 
 

@@ -19,6 +19,7 @@ METRICS = {
     "e2e_p50": ("e2e_ms", "p50"), "e2e_p99": ("e2e_ms", "p99"),
 }
 CPU = ("frontend_cpu_ms_per_req", "workers_cpu_ms_per_req", "load_cpu_ms_per_req")
+PLAIN = (*CPU, "content_events_per_req")
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -40,8 +41,8 @@ def summarize(runs: list[dict]) -> dict:
                "other_cpu_cores_max": max(c["other_cpu_cores"] for c in repeats)}
         for name, (group, q) in METRICS.items():
             row[name] = _median([c[group][q] for c in repeats])
-        for name in CPU:
-            row[name] = _median([c[name] for c in repeats])
+        for name in PLAIN:
+            row[name] = _median([c.get(name) for c in repeats])
         cells.append(row)
     return {"cells": cells, "comparison": compare(cells),
             "idle_before": [{"side": r["side"], "repeat": r["repeat"], **r["idle_before"]} for r in runs]}
@@ -84,14 +85,15 @@ def _fmt(value: float | None, width: int, digits: int = 2) -> str:
 def print_table(summary: dict) -> None:
     print()
     print(f"{'side':<5} {'c':>3} {'conn':<9} {'req/s':>8} {'(each repeat)':<17} {'TTFT p50':>8} {'p99':>7} "
-          f"{'ITL p50':>7} {'p99':>6} {'E2E p50':>7} {'err':>4} {'FE cpu':>7} {'wk cpu':>7} {'other':>5}")
-    print(f"{'':<5} {'':>3} {'':<9} {'':>8} {'':<17} {'ms':>8} {'ms':>7} {'ms':>7} {'ms':>6} {'ms':>7} {'':>4} "
-          f"{'ms/req':>7} {'ms/req':>7} {'cores':>5}")
+          f"{'ITL p50':>7} {'p99':>6} {'E2E p50':>7} {'events':>6} {'err':>4} {'FE cpu':>7} {'wk cpu':>7} {'other':>5}")
+    print(f"{'':<5} {'':>3} {'':<9} {'':>8} {'':<17} {'ms':>8} {'ms':>7} {'ms':>7} {'ms':>6} {'ms':>7} {'/req':>6} "
+          f"{'':>4} {'ms/req':>7} {'ms/req':>7} {'cores':>5}")
     for c in sorted(summary["cells"], key=lambda c: (c["concurrency"], c["mode"], c["side"])):
         each = "/".join(f"{v:.0f}" for v in c["req_per_s_each"])
         print(f"{c['side']:<5} {c['concurrency']:>3} {c['mode']:<9} {_fmt(c['req_per_s'], 8, 1)} {each:<17} "
               f"{_fmt(c['ttft_p50'], 8)} {_fmt(c['ttft_p99'], 7)} {_fmt(c['itl_p50'], 7, 3)} {_fmt(c['itl_p99'], 6)} "
-              f"{_fmt(c['e2e_p50'], 7)} {c['errors']:>4} {_fmt(c['frontend_cpu_ms_per_req'], 7)} "
+              f"{_fmt(c['e2e_p50'], 7)} {_fmt(c['content_events_per_req'], 6, 1)} {c['errors']:>4} "
+              f"{_fmt(c['frontend_cpu_ms_per_req'], 7)} "
               f"{_fmt(c['workers_cpu_ms_per_req'], 7)} {_fmt(c['other_cpu_cores_max'], 5)}")
     print()
     for row in summary["comparison"]:
