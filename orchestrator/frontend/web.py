@@ -134,7 +134,7 @@ class HttpServer:
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.connections:
-            log.warning("%d requests still in flight after %.0f s; closing anyway", len(self.connections), grace_s)
+            log.warning("%d connections still busy after %.0f s; closing them", len(self.connections), grace_s)
             for conn in list(self.connections):
                 conn.transport.abort()
 

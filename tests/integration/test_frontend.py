@@ -253,6 +253,28 @@ def test_migration_after_sigkill_gives_the_undisturbed_answer(tmp_path):
         assert metric_value(url, "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 1
 
 
+def test_a_stopping_frontend_refuses_new_connections_and_finishes_its_streams(tmp_path):
+    with worker(tmp_path, "w", speedup=10.0) as _, frontend(tmp_path) as (proc, url):
+        stream = client(url).chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=2000, stream=True, stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        next(c for c in chunks if c.choices and c.choices[0].delta.content)  # under way
+        proc.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the listener closes at once
+            try:
+                socket.create_connection(("127.0.0.1", urlparse(url).port), timeout=1).close()
+                time.sleep(0.02)
+            except ConnectionRefusedError:
+                break
+        else:
+            raise AssertionError("the stopping frontend still accepts connections")
+        rest = list(chunks)
+        assert rest[-1].usage.completion_tokens == 2000 and rest[-2].choices[0].finish_reason == "length"
+        assert proc.wait(30) == 0
+
+
 def test_no_worker_left_is_a_503(tmp_path):
     with worker(tmp_path, "w") as (proc, _), frontend(tmp_path, "--migration-limit", "0") as (_, url):
         proc.signal(signal.SIGKILL)
