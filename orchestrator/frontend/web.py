@@ -10,7 +10,8 @@ routed for its method and path, wrapped in a middleware; the handler returns a
 - A client that disconnects cancels its handler at once, streaming or not, so every
   worker request under it is cancelled too.
 - Bodies are capped at `BODY_LIMIT` (413 before the body is read when its length is
-  declared); `Expect: 100-continue` is answered; a malformed request gets a 400 and
+  declared), the request line and headers at `HEAD_LIMIT` (431); `Expect:
+  100-continue` is answered; a malformed request gets a 400 and
   the connection is closed; unknown paths and methods get OpenAI-style 404 / 405.
 - A stream to a client that reads slowly waits for the socket to drain.
 - `close()` stops accepting, closes idle connections and gives requests in flight a
@@ -35,6 +36,7 @@ from orchestrator.frontend.openai import errors
 log = logging.getLogger(__name__)
 
 BODY_LIMIT = 64 * 1024 * 1024
+HEAD_LIMIT = 64 * 1024  # the request line and headers together
 BACKLOG = 2048
 KEEPALIVE_S = 75.0  # an idle connection is closed after this long (aiohttp's default)
 JSON = "application/json"
@@ -158,7 +160,7 @@ class _Connection(asyncio.Protocol):
         self._refusal: errors.RequestError | None = None  # why a parser callback stopped the parse
         self._drained: asyncio.Future | None = None
         self._idle: asyncio.TimerHandle | None = None
-        self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -202,16 +204,24 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._url, self._headers, self._body, self._size = b"", {}, [], 0
+        self._url, self._headers, self._body, self._size, self._head = b"", {}, [], 0, 0
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head += size
+        if self._head > HEAD_LIMIT:
+            self._refusal = errors.RequestError(431, f"The request line and headers exceed {HEAD_LIMIT} bytes.")
+            raise ValueError(self._refusal.message)  # feed_data raises it as HttpParserCallbackError
 
     def on_headers_complete(self) -> None:
         declared = self._headers.get("content-length")
@@ -228,7 +238,7 @@ class _Connection(asyncio.Protocol):
 
     def _too_large(self) -> None:
         self._refusal = errors.payload_too_large(BODY_LIMIT)
-        raise ValueError(self._refusal.message)  # feed_data raises it as HttpParserCallbackError
+        raise ValueError(self._refusal.message)
 
     def on_message_complete(self) -> None:
         request = Request(self.parser.get_method().decode(), self._url, self._headers, b"".join(self._body), self)

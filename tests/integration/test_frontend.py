@@ -195,6 +195,11 @@ def test_keep_alive_pipelining_expect_continue_and_malformed_requests(deployment
         status, error = read_responses(sock, 1)[0]
         assert status == 400 and "malformed HTTP request" in error["error"]["message"]
         assert sock.recv(100) == b"", "a malformed request closes its connection"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        # No end of the headers: unread bytes would turn the close into a reset.
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\n" + b"X-Filler: " + b"x" * 70_000 + b"\r\nX-Next: 1\r\n")
+        status, error = read_responses(sock, 1)[0]
+        assert status == 431 and "headers exceed" in error["error"]["message"]
 
 
 def test_a_client_that_disconnects_cancels_the_worker_request(deployment):
