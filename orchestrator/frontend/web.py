@@ -6,7 +6,8 @@ routed for its method and path, wrapped in a middleware; the handler returns a
 `Response`, or answers through an `EventStream` (chunked `text/event-stream`).
 
 - Keep-alive and pipelining: a connection serves its requests one after the other,
-  and stops reading while one is in progress.
+  and stops reading while one is in progress. HTTP/1.0 clients get their streams
+  unchunked, ended by the close, and keep-alive only when they ask for it.
 - A client that disconnects cancels its handler at once, streaming or not, so every
   worker request under it is cancelled too.
 - Bodies are capped at `BODY_LIMIT` (413 before the body is read when its length is
@@ -45,7 +46,7 @@ EVENT_STREAM = "text/event-stream"
 _encode = msgspec.json.Encoder().encode
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_STREAM_HEADERS = b"transfer-encoding: chunked\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n"
+_STREAM_HEADERS = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 
 
 class Request:
@@ -73,9 +74,10 @@ def error_response(error: errors.RequestError) -> Response:
 
 
 class EventStream:
-    """A `text/event-stream` response in HTTP chunks. Its status and headers go out with
-    the first write, so a request that fails before it has anything to send still gets
-    an honest status. Writing to a client that has gone raises `ConnectionResetError`."""
+    """A `text/event-stream` response, in chunks (to an HTTP/1.0 client: ended by closing
+    the connection). Its status and headers go out with the first write, so a request
+    that fails before it has anything to send still gets an honest status. Writing to a
+    client that has gone raises `ConnectionResetError`."""
 
     __slots__ = ("_conn", "ended")
 
@@ -88,13 +90,13 @@ class EventStream:
         conn = self._conn
         if conn.lost:
             raise ConnectionResetError("the client closed the connection")
-        chunk = b"%x\r\n%b\r\n" % (len(data), data)
+        chunk = b"%x\r\n%b\r\n" % (len(data), data) if conn.http11 else data
         if not conn.streaming:
             conn.streaming = True
-            chunk = conn.head(200, EVENT_STREAM, None) + chunk
+            chunk = conn.head(200, EVENT_STREAM, None, keep_alive=conn.http11) + chunk
         if last:
             self.ended = True
-            chunk += _LAST_CHUNK
+            chunk += _LAST_CHUNK if conn.http11 else b""
         conn.transport.write(chunk)
         if conn.paused:
             await conn.drained()
@@ -154,9 +156,10 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: collections.deque[tuple[Request, bool]] = collections.deque()
+        self.pending: collections.deque[tuple[Request, bool, bool]] = collections.deque()
         self.task: asyncio.Task | None = None
         self.lost = self.paused = self.streaming = False
+        self.http11 = True  # the request being served is HTTP/1.1 (else 1.0: no chunks)
         self._refusal: errors.RequestError | None = None  # why a parser callback stopped the parse
         self._drained: asyncio.Future | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -242,7 +245,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request = Request(self.parser.get_method().decode(), self._url, self._headers, b"".join(self._body), self)
-        self.pending.append((request, self.parser.should_keep_alive()))
+        self.pending.append((request, self.parser.should_keep_alive(), self.parser.get_http_version() != "1.0"))
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._serve())
         else:
@@ -252,7 +255,7 @@ class _Connection(asyncio.Protocol):
 
     async def _serve(self) -> None:
         while self.pending and not self.lost:
-            request, keep_alive = self.pending.popleft()
+            request, keep_alive, self.http11 = self.pending.popleft()
             keep_alive = keep_alive and not self.server.closing
             self.streaming = False
             try:
@@ -262,7 +265,9 @@ class _Connection(asyncio.Protocol):
             if self.lost:
                 break
             if isinstance(response, EventStream):
-                if not response.ended:
+                if not self.http11:
+                    keep_alive = False  # the close ends the stream
+                elif not response.ended:
                     self.transport.write(_LAST_CHUNK)
             elif self.streaming:  # the handler failed after its stream began: no way to say so but to close
                 keep_alive = False
@@ -288,11 +293,17 @@ class _Connection(asyncio.Protocol):
         return await self.server.middleware(handler, request)
 
     def head(self, status: int, content_type: str, length: int | None, keep_alive: bool = True) -> bytes:
-        """The status line and headers; without a `length`, those of a stream (chunked)."""
-        framing = _STREAM_HEADERS if length is None else b"content-length: %d\r\n" % length
-        return b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\n%bdate: %b\r\n%b\r\n" % (
-            status, _REASONS.get(status, b"Unknown"), content_type.encode(), framing, self.server.date(),
-            b"" if keep_alive else b"connection: close\r\n")
+        """The status line and headers; without a `length`, those of a stream."""
+        if length is not None:
+            framing = b"content-length: %d\r\n" % length
+        else:
+            framing = (b"transfer-encoding: chunked\r\n" if self.http11 else b"") + _STREAM_HEADERS
+        if not keep_alive:
+            framing += b"connection: close\r\n"
+        elif not self.http11:  # HTTP/1.0 keeps a connection only when told so
+            framing += b"connection: keep-alive\r\n"
+        return b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\n%bdate: %b\r\n\r\n" % (
+            status, _REASONS.get(status, b"Unknown"), content_type.encode(), framing, self.server.date())
 
     def _refuse(self, error: errors.RequestError) -> None:
         if self.task is None:

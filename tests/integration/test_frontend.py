@@ -190,6 +190,17 @@ def test_keep_alive_pipelining_expect_continue_and_malformed_requests(deployment
         assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(body)
         assert read_responses(sock, 1)[0][0] == 200
+    # HTTP/1.0 (ApacheBench speaks it): keep-alive only when asked, a stream without chunks.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        assert read_responses(sock, 1)[0][0] == 200
+        streamed = json.dumps({"model": "tiny", "prompt": "Once", "max_tokens": 3, "stream": True}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%b" % (len(streamed), streamed))
+        data = b""
+        while more := sock.recv(65536):
+            data += more
+        head, _, events = data.partition(b"\r\n\r\n")
+        assert b"transfer-encoding" not in head.lower() and events.endswith(b"data: [DONE]\n\n")
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
         status, error = read_responses(sock, 1)[0]
