@@ -93,7 +93,7 @@ class EventStream:
         chunk = b"%x\r\n%b\r\n" % (len(data), data) if conn.http11 else data
         if not conn.streaming:
             conn.streaming = True
-            chunk = conn.head(200, EVENT_STREAM, None, keep_alive=conn.http11) + chunk
+            chunk = conn.head(200, EVENT_STREAM, None, conn.keep_alive and conn.http11) + chunk
         if last:
             self.ended = True
             chunk += _LAST_CHUNK if conn.http11 else b""
@@ -160,6 +160,7 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.lost = self.paused = self.streaming = False
         self.http11 = True  # the request being served is HTTP/1.1 (else 1.0: no chunks)
+        self.keep_alive = True  # ... and the connection stays open after it
         self._refusal: errors.RequestError | None = None  # why a parser callback stopped the parse
         self._drained: asyncio.Future | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -256,7 +257,7 @@ class _Connection(asyncio.Protocol):
     async def _serve(self) -> None:
         while self.pending and not self.lost:
             request, keep_alive, self.http11 = self.pending.popleft()
-            keep_alive = keep_alive and not self.server.closing
+            self.keep_alive = keep_alive = keep_alive and not self.server.closing
             self.streaming = False
             try:
                 response = await self._respond(request)

@@ -201,6 +201,7 @@ def test_keep_alive_pipelining_expect_continue_and_malformed_requests(deployment
             data += more
         head, _, events = data.partition(b"\r\n\r\n")
         assert b"transfer-encoding" not in head.lower() and events.endswith(b"data: [DONE]\n\n")
+        assert b"connection: close" in head.lower()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
         status, error = read_responses(sock, 1)[0]
