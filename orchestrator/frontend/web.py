@@ -12,8 +12,8 @@ routed for its method and path, wrapped in a middleware; the handler returns a
   worker request under it is cancelled too.
 - Bodies are capped at `BODY_LIMIT` (413 before the body is read when its length is
   declared), the request line and headers at `HEAD_LIMIT` (431); `Expect:
-  100-continue` is answered; a malformed request gets a 400 and
-  the connection is closed; unknown paths and methods get OpenAI-style 404 / 405.
+  100-continue` is answered; a malformed request gets a 400 and the connection is
+  closed; unknown paths and methods get OpenAI-style 404 / 405.
 - A stream to a client that reads slowly waits for the socket to drain.
 - `close()` stops accepting, closes idle connections and gives requests in flight a
   grace period.
@@ -231,7 +231,8 @@ class _Connection(asyncio.Protocol):
         declared = self._headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > BODY_LIMIT:
             self._too_large()
-        if self._headers.get("expect", "").lower() == "100-continue":
+        # Not in the middle of another response: a client that gets no 100 sends its body anyway.
+        if self.task is None and self._headers.get("expect", "").lower() == "100-continue":
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
