@@ -1,8 +1,9 @@
 """The frontend's HTTP server: OpenAI routes plus /health, /live and /metrics.
 
-Handlers are cancelled when their client disconnects (see `web`), which closes every choice stream and so sends a cancel to each worker at once; the
-cancellation is counted. Errors answer with OpenAI's JSON error body and an honest
-status; a stream that fails after it started ends with an error event and [DONE].
+Handlers are cancelled when their client disconnects (see `web`), which closes every
+choice stream and so sends a cancel to each worker at once; the cancellation is
+counted. Errors answer with OpenAI's JSON error body and an honest status; a stream
+that fails after it started ends with an error event and [DONE].
 """
 
 from __future__ import annotations

@@ -50,12 +50,11 @@ _STREAM_HEADERS = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 
 
 class Request:
-    __slots__ = ("method", "path", "query", "headers", "body", "connection")
+    __slots__ = ("method", "path", "headers", "body", "connection")
 
     def __init__(self, method: str, target: bytes, headers: dict[str, str], body: bytes, connection: _Connection):
-        path, _, query = target.decode("latin-1").partition("?")
-        self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
-        self.connection = connection
+        self.method, self.path = method, target.decode("latin-1").partition("?")[0]  # no route reads a query
+        self.headers, self.body, self.connection = headers, body, connection
 
 
 class Response:
@@ -188,14 +187,16 @@ class _Connection(asyncio.Protocol):
             self._idle.cancel()
         if self.task is not None:
             self.task.cancel()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self._wake_writer()
 
     def pause_writing(self) -> None:
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -224,13 +225,12 @@ class _Connection(asyncio.Protocol):
     def _count_head(self, size: int) -> None:
         self._head += size
         if self._head > HEAD_LIMIT:
-            self._refusal = errors.RequestError(431, f"The request line and headers exceed {HEAD_LIMIT} bytes.")
-            raise ValueError(self._refusal.message)  # feed_data raises it as HttpParserCallbackError
+            self._stop(errors.RequestError(431, f"The request line and headers exceed {HEAD_LIMIT} bytes."))
 
     def on_headers_complete(self) -> None:
         declared = self._headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > BODY_LIMIT:
-            self._too_large()
+            self._stop(errors.payload_too_large(BODY_LIMIT))
         # Not in the middle of another response: a client that gets no 100 sends its body anyway.
         if self.task is None and self._headers.get("expect", "").lower() == "100-continue":
             self.transport.write(_CONTINUE)
@@ -238,12 +238,13 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > BODY_LIMIT:
-            self._too_large()
+            self._stop(errors.payload_too_large(BODY_LIMIT))
         self._body.append(body)
 
-    def _too_large(self) -> None:
-        self._refusal = errors.payload_too_large(BODY_LIMIT)
-        raise ValueError(self._refusal.message)
+    def _stop(self, refusal: errors.RequestError) -> None:
+        """Stop parsing: `data_received` answers with `refusal` and closes."""
+        self._refusal = refusal
+        raise ValueError(refusal.message)  # feed_data raises it as HttpParserCallbackError
 
     def on_message_complete(self) -> None:
         request = Request(self.parser.get_method().decode(), self._url, self._headers, b"".join(self._body), self)
