@@ -13,7 +13,8 @@ passed on to the worker when the router chooses ranks. Until the leg ends, the r
 counts it (its uncached prompt tokens until the first token comes back, its KV blocks
 until the end), which is the load the KV router weighs. When every candidate is over
 its busy threshold the request is refused with 503, or waits for load to drop when the
-busy policy says queue.
+busy policy says queue. A request pinned to a worker (`Pin`, from Dynamo's
+`nvext.backend_instance_id`) skips the router and busy thresholds; it does not migrate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import msgspec
@@ -45,6 +47,15 @@ class GenerationError(Exception):
         super().__init__(message)
         self.status = status
         self.rejected = rejected  # load shedding: every worker was over a busy threshold
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The worker (and DP rank) a request names for itself: its generating leg goes
+    there, whatever the router would choose, as when an external router decides."""
+
+    instance_id: int
+    dp_rank: int | None = None
 
 
 class Placement:
@@ -98,7 +109,7 @@ class Dispatcher:
         self._load_changed.set()
         self._load_changed = asyncio.Event()
 
-    async def generate(self, model: Model, request: m.GenerateRequest) -> AsyncIterator[m.Chunk]:
+    async def generate(self, model: Model, request: m.GenerateRequest, pin: Pin | None = None) -> AsyncIterator[m.Chunk]:
         prompt, budget = list(request.token_ids), request.stop
         generated: list[int] = []
         failed: set[int] = set()
@@ -115,8 +126,8 @@ class Dispatcher:
                 ),
             )
             error = culprit = None
-            legs = self._disaggregated(model, attempt_request, failed) if model.serving(WorkerType.prefill) \
-                else self._aggregated(model, attempt_request, failed)
+            legs = self._disaggregated(model, attempt_request, failed, pin) if model.serving(WorkerType.prefill) \
+                else self._aggregated(model, attempt_request, failed, pin)
             async with contextlib.aclosing(legs) as replies:
                 async for culprit, reply in replies:
                     if isinstance(reply, m.ErrorReply):
@@ -141,9 +152,9 @@ class Dispatcher:
             log.info("migrating %s after %d tokens: %s", request.request_id, len(generated), error.message)
         raise GenerationError(503, f"Cannot recreate stream: {error.message} (migration limit {self.migration_limit})")
 
-    async def _aggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
+    async def _aggregated(self, model: Model, request: m.GenerateRequest, failed: set[int], pin: Pin | None):
         """One leg: (instance, reply) pairs from an aggregated (or decode-only) worker."""
-        placed = await self._place(model, GENERATING, request.token_ids, failed)
+        placed = await self._place(model, GENERATING, request.token_ids, failed, pin=pin)
         status = "cancelled"
         try:
             request = msgspec.structs.replace(request, dp_rank=placed.dp_rank)
@@ -156,14 +167,15 @@ class Dispatcher:
             placed.release(status)
             self.load_changed()
 
-    async def _disaggregated(self, model: Model, request: m.GenerateRequest, failed: set[int]):
+    async def _disaggregated(self, model: Model, request: m.GenerateRequest, failed: set[int], pin: Pin | None):
         """Both legs at once, as SGLang's PD routers send them: the prefill leg (one token)
         and the decode leg share a bootstrap room, the answer streams from decode. A failed
         prefill leg ends the attempt at once rather than leaving decode to time out; ending
-        the attempt (a client gone, an error) cancels both legs."""
+        the attempt (a client gone, an error) cancels both legs. A pin names the decode worker."""
         prefill = await self._place(model, (WorkerType.prefill,), request.token_ids, failed)
         try:
-            decode = await self._place(model, (WorkerType.decode,), request.token_ids, failed, overlap_score_weight=0.0)
+            decode = await self._place(model, (WorkerType.decode,), request.token_ids, failed,
+                                       overlap_score_weight=0.0, pin=pin)
         except BaseException:
             prefill.release()
             raise
@@ -231,7 +243,9 @@ class Dispatcher:
             self.load_changed()
 
     async def _place(self, model: Model, types: tuple, tokens: list[int], failed: set[int],
-                     overlap_score_weight: float | None = None) -> Placement:
+                     overlap_score_weight: float | None = None, pin: Pin | None = None) -> Placement:
+        if pin is not None:
+            return self._pinned(model, types, tokens, failed, pin)
         deadline = asyncio.get_running_loop().time() + self.busy_timeout_s
         while True:
             live = [i for i in model.serving(*types) if i.record.instance_id not in failed]
@@ -250,6 +264,18 @@ class Dispatcher:
                     async with asyncio.timeout(left):
                         await changed.wait()
         instance = next(i for i in live if i.record.instance_id == chosen.instance_id)
+        return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
+
+
+    def _pinned(self, model: Model, types: tuple, tokens: list[int], failed: set[int], pin: Pin) -> Placement:
+        if pin.instance_id in failed:
+            raise GenerationError(503, f"worker {pin.instance_id:x}, which the request names, failed; "
+                                       "a request pinned to a worker does not migrate")
+        instance = next((i for i in model.serving(*types) if i.record.instance_id == pin.instance_id), None)
+        if instance is None:
+            raise GenerationError(503, f"worker {pin.instance_id:x}, which the request names, no longer serves "
+                                       f"{model.name}")
+        chosen = Candidate(pin.instance_id, pin.dp_rank)  # no rank: the engine balances its ranks
         return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from orchestrator.frontend.dispatch import Dispatcher
+from orchestrator.frontend.dispatch import Dispatcher, Pin
 from orchestrator.frontend.models import Model
 from orchestrator.frontend.parsers import ReasoningParser, ToolCallParser, reasoning_parser, tool_call_parser
 from orchestrator.frontend.preprocess import StopJail
@@ -42,6 +42,7 @@ class ChoiceOptions:
     # parsers in place of the frontend's own parsers of those names.
     new_reasoning_parser: Callable[[], ReasoningParser] | None = None
     new_tool_call_parser: Callable[[], ToolCallParser] | None = None
+    pin: Pin | None = None  # the worker the request names (nvext.backend_instance_id): no routing
 
 
 async def choice_stream(
@@ -91,7 +92,7 @@ async def choice_stream(
                 return text, matched, used
         return text, None, len(token_ids)
 
-    stream = dispatcher.generate(model, request)
+    stream = dispatcher.generate(model, request, options.pin)
     async with contextlib.aclosing(stream):
         async for chunk in stream:
             if on_token is not None:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import jinja2
 
 from orchestrator.frontend import web
-from orchestrator.frontend.dispatch import Dispatcher, GenerationError
+from orchestrator.frontend.dispatch import Dispatcher, GenerationError, Pin
 from orchestrator.frontend.generation import ChoiceOptions, Delta, choice_stream
-from orchestrator.frontend.models import Model, ModelRegistry
+from orchestrator.frontend.models import GENERATING, Model, ModelRegistry
 from orchestrator.frontend.openai import errors, responses
 from orchestrator.frontend.openai.requests import ChatRequest, CompletionRequest, GenerationRequest
 from orchestrator.frontend.openai.sse import SSE_DONE, sse_error, sse_event
@@ -139,6 +139,7 @@ def chat_jobs(model: Model, req: ChatRequest, sglang: SGLangChatProcessor | None
     n_out = budget(model, len(ids), req.max_tokens, "messages")
     options = ChoiceOptions(
         stop=list(req.stop),
+        pin=pin_of(model, req),
         reasoning_parser=model.card.reasoning_parser,
         tool_call_parser=model.card.tool_call_parser if req.tools and req.tool_choice != "none" else None,
     )
@@ -154,8 +155,25 @@ def completion_jobs(model: Model, req: CompletionRequest) -> list:
     tokenizer = model.tokenizer
     prompts = [tokenizer.encode_prompt(p) if isinstance(p, str) else list(p) for p in req.prompts]
     budgets = [budget(model, len(ids), req.max_tokens, "prompt") for ids in prompts]
-    options = ChoiceOptions(stop=list(req.stop))
+    options = ChoiceOptions(stop=list(req.stop), pin=pin_of(model, req))
     return [(i, r, options) for i, r in enumerate(generate_requests(req, prompts, budgets))]
+
+
+def pin_of(model: Model, req: GenerationRequest) -> Pin | None:
+    """The worker (and rank) `nvext.backend_instance_id` (and `dp_rank`) name, which must
+    be one of the model's generating workers now (`GET /health` lists them, ids in hex)."""
+    if req.backend_instance_id is None:
+        return None
+    instance = next((i for i in model.serving(*GENERATING) if i.record.instance_id == req.backend_instance_id), None)
+    if instance is None:
+        raise errors.invalid_request(
+            f"'nvext.backend_instance_id' {req.backend_instance_id} ({req.backend_instance_id:x} in hex) is not a "
+            f"worker generating for {model.name}; GET /health lists them.", "nvext.backend_instance_id")
+    if req.dp_rank is not None and req.dp_rank >= instance.record.dp_size:
+        raise errors.invalid_request(
+            f"'nvext.dp_rank' {req.dp_rank} is out of range: that worker has {instance.record.dp_size} DP rank(s).",
+            "nvext.dp_rank")
+    return Pin(req.backend_instance_id, req.dp_rank)
 
 
 def chat_logprobs(model: Model, delta: Delta) -> dict[str, Any] | None:

@@ -116,6 +116,30 @@ def test_a_restarted_frontend_rebuilds_its_index_from_the_workers(tmp_path):
             stop.set()
 
 
+def test_a_request_naming_its_worker_is_served_there(tmp_path):
+    # Dynamo's nvext.backend_instance_id, as an external router sends it. Round-robin
+    # alone would alternate the repeats between the two workers.
+    with worker(tmp_path, "a"), worker(tmp_path, "b"), \
+         frontend(tmp_path, "--router-mode", "round-robin", instances=2) as (_, url):
+        a, b = (int(i["instance_id"], 16) for i in json.loads(http_get(f"{url}/health")[1])["instances"])
+        c = client(url)
+
+        def cached(**nvext) -> int:
+            answer = c.chat.completions.create(model="tiny", messages=_conversation(0), max_tokens=2,
+                                               temperature=0, extra_body={"nvext": nvext})
+            return answer.usage.prompt_tokens_details.cached_tokens
+
+        assert cached(backend_instance_id=a) == 0
+        assert all(cached(backend_instance_id=a) > 0 for _ in range(3))
+        assert cached(backend_instance_id=b, dp_rank=0) == 0  # b never saw the prompt
+        refused = [({"backend_instance_id": 7}, "nvext.backend_instance_id"), ({"dp_rank": 0}, "nvext.dp_rank"),
+                   ({"backend_instance_id": a, "dp_rank": 1}, "nvext.dp_rank")]
+        for nvext, param in refused:
+            with pytest.raises(openai.BadRequestError) as error:
+                cached(**nvext)
+            assert error.value.body["param"] == param, error.value.body
+
+
 @pytest.mark.parametrize("policy", ["reject", "queue"])
 def test_when_every_worker_is_busy_requests_are_refused_or_queued(tmp_path, policy):
     # A rank with any prompt tokens waiting for prefill counts as busy (threshold 0, set at

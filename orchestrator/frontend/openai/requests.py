@@ -12,7 +12,10 @@ Where we differ from OpenAI, on purpose:
   OpenAI and Dynamo refuse it. With a `seed`, the fan-out must vary it per choice.
 - `stop` takes up to 16 strings (OpenAI: 4); the frontend matches them on the text.
 - Extensions from SGLang/vLLM/Dynamo: `top_k`, `min_p`, `repetition_penalty`,
-  `min_tokens`, `ignore_eos`, `stop_token_ids`, `chat_template_kwargs`, `nvext`.
+  `min_tokens`, `ignore_eos`, `stop_token_ids`, `chat_template_kwargs`, `nvext` (also
+  Dynamo's `backend_instance_id` and `dp_rank`: serve it on that worker and rank,
+  whatever the router would choose, as an external router such as an inference
+  gateway does).
 - `/v1/completions` keeps OpenAI's legacy default of 16 `max_tokens` (as SGLang and
   vLLM do); chat defaults to None: up to the context.
 - Chat messages are normalised for a chat template: `developer` becomes `system`
@@ -60,6 +63,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions = StreamOptions()  # all off unless streaming
     user: str | None = None  # accepted as metadata; it changes nothing
+    backend_instance_id: int | None = None  # nvext: the worker that must serve it, bypassing the router
+    dp_rank: int | None = None  # nvext: and its DP rank (None: the engine balances its ranks)
 
 
 class ChatRequest(GenerationRequest, frozen=True, kw_only=True):
@@ -93,7 +98,7 @@ _CHAT_FIELDS = _GENERATION_FIELDS | {
 }  # fmt: skip
 _COMPLETION_FIELDS = _GENERATION_FIELDS | {"prompt", "echo", "suffix"}
 _EMBEDDING_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
-_NVEXT_FIELDS = {"ignore_eos", "top_k", "repetition_penalty", "min_p"}
+_NVEXT_FIELDS = {"ignore_eos", "top_k", "repetition_penalty", "min_p", "backend_instance_id", "dp_rank"}
 
 _ROLES = ("system", "developer", "user", "assistant", "tool")
 # SDKs echo an earlier assistant message back with these set to null (or []); as such
@@ -170,6 +175,11 @@ def _generation(f: _Fields, max_tokens: int | None) -> dict[str, Any]:
     if max_tokens is not None and min_tokens > max_tokens:
         raise invalid_request(f"'min_tokens' ({min_tokens}) exceeds the maximum ({max_tokens}).", "min_tokens")
     stream = f.boolean("stream", False)
+    instance = nvext.integer("backend_instance_id", None, lo=0, hi=2**64 - 1)
+    dp_rank = nvext.integer("dp_rank", None, lo=0)
+    if dp_rank is not None and instance is None:
+        raise invalid_request("'nvext.dp_rank' needs 'nvext.backend_instance_id': the worker whose rank it is.",
+                              "nvext.dp_rank")
     return {
         "model": model,
         "sampling": _sampling(f, nvext),
@@ -182,6 +192,8 @@ def _generation(f: _Fields, max_tokens: int | None) -> dict[str, Any]:
         "stream": stream,
         "stream_options": _stream_options(f, stream),
         "user": f.string("user"),
+        "backend_instance_id": instance,
+        "dp_rank": dp_rank,
     }
 
 

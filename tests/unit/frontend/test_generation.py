@@ -21,7 +21,7 @@ class FakeDispatcher:
     def __init__(self, chunks: list[m.Chunk]):
         self.chunks = chunks
 
-    async def generate(self, model, request):
+    async def generate(self, model, request, pin=None):
         for chunk in self.chunks:
             yield chunk
 
