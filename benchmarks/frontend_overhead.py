@@ -14,7 +14,7 @@ results instead of silently skewing them).
     python benchmarks/frontend_overhead.py --ours-python /tmp/venv/bin/python \\
         --peer-python /tmp/dynvenv/bin/python --out /tmp/frontend_overhead.json
 
-Goal (from the issue): at concurrency 64, at least 1.5x the peer's requests/s; at
+Goal: at concurrency 64, at least 1.5x the peer's requests/s; at
 concurrency 1, at most 2 ms of TTFT added over the peer.
 """
 

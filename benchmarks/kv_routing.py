@@ -75,7 +75,7 @@ at 3 sessions/s on GPUs 8x slower than the mock's H100 (speed-up 0.125: the work
 weight of 64, which keeps a conversation on its worker through a short queue there.
 
     python benchmarks/kv_routing.py --out /tmp/kv_routing.json
-    python benchmarks/kv_routing.py --session-rates 1 2 3 4 --peer-python '' --out /tmp/kv_load.json
+    python benchmarks/kv_routing.py --session-rates 2 3 4 --seed 1 --peer-python '' --out /tmp/kv_load.json
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ counts it (its uncached prompt tokens until the first token comes back, its KV b
 until the end), which is the load the KV router weighs. When every candidate is over
 its busy threshold the request is refused with 503, or waits for load to drop when the
 busy policy says queue. A request pinned to a worker (`Pin`, from Dynamo's
-`nvext.backend_instance_id`) skips the router and busy thresholds; it does not migrate.
+`nvext.backend_instance_id`) skips the router and busy thresholds, and does not migrate.
 """
 
 from __future__ import annotations
@@ -144,6 +144,8 @@ class Dispatcher:
                 return
             if error.kind not in _RETRY:
                 raise GenerationError(_STATUS.get(error.kind, 500), error.message)
+            if pin is not None:
+                raise GenerationError(503, f"{error.message} (the request names its worker: it does not migrate)")
             failed.add(culprit.record.instance_id)
             if attempt == self.migration_limit:
                 break
@@ -245,7 +247,7 @@ class Dispatcher:
     async def _place(self, model: Model, types: tuple, tokens: list[int], failed: set[int],
                      overlap_score_weight: float | None = None, pin: Pin | None = None) -> Placement:
         if pin is not None:
-            return self._pinned(model, types, tokens, failed, pin)
+            return self._pinned(model, types, tokens, pin)
         deadline = asyncio.get_running_loop().time() + self.busy_timeout_s
         while True:
             live = [i for i in model.serving(*types) if i.record.instance_id not in failed]
@@ -267,10 +269,7 @@ class Dispatcher:
         return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
 
 
-    def _pinned(self, model: Model, types: tuple, tokens: list[int], failed: set[int], pin: Pin) -> Placement:
-        if pin.instance_id in failed:
-            raise GenerationError(503, f"worker {pin.instance_id:x}, which the request names, failed; "
-                                       "a request pinned to a worker does not migrate")
+    def _pinned(self, model: Model, types: tuple, tokens: list[int], pin: Pin) -> Placement:
         instance = next((i for i in model.serving(*types) if i.record.instance_id == pin.instance_id), None)
         if instance is None:
             raise GenerationError(503, f"worker {pin.instance_id:x}, which the request names, no longer serves "

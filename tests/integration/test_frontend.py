@@ -15,7 +15,7 @@ import pytest
 
 from tests.integration.frontend_support import client, frontend, metric_value, wait_instances
 from tests.integration.worker_support import worker
-from tests.managed import free_port
+from tests.managed import free_port, http_get
 
 pytestmark = pytest.mark.slow
 HELLO = [{"role": "user", "content": "Tell me a story about a lighthouse keeper."}]
@@ -268,6 +268,23 @@ def test_migration_after_sigkill_gives_the_undisturbed_answer(tmp_path):
         assert killed is not None
         assert "".join(pieces) == undisturbed, "no duplicated or missing tokens across the move"
         assert metric_value(url, "dynamo_frontend_model_migration_total", migration_type="ongoing_request") == 1
+
+
+def test_a_request_naming_its_worker_ends_with_it_rather_than_migrate(tmp_path):
+    slow = ("--mock-num-params", "8000000000")
+    with worker(tmp_path, "a", *slow, speedup=1.0) as (a, a_url), worker(tmp_path, "b", *slow, speedup=1.0) as (b, _), \
+         frontend(tmp_path, "--migration-limit", "3", instances=2) as (_, url):
+        instance = json.loads(http_get(f"{url}/health")[1])["instances"][0]["instance_id"]
+        stream = client(url).chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=150, stream=True,
+            extra_body={"ignore_eos": True, "nvext": {"backend_instance_id": int(instance, 16)}})
+        pieces = 0
+        with pytest.raises(openai.APIError) as error:
+            for chunk in stream:
+                pieces += bool(chunk.choices and chunk.choices[0].delta.content)
+                if pieces == 20:
+                    (a if metric_value(a_url, "dynamo_component_inflight_requests") else b).signal(signal.SIGKILL)
+        assert "does not migrate" in error.value.message  # a migrated stream would have gone on
 
 
 def test_a_stopping_frontend_refuses_new_connections_and_finishes_its_streams(tmp_path):

@@ -129,6 +129,8 @@ def test_chat_defaults():
         ({"nvext": {"min_p": 0.05}}, lambda r: r.sampling.min_p, 0.05),
         ({"nvext": {"top_k": 20}, "top_k": 20}, lambda r: r.sampling.top_k, 20),  # the same value twice is fine
         ({"nvext": {}}, lambda r: r.sampling.top_k, -1),
+        ({"nvext": {"backend_instance_id": 2**64 - 1}}, lambda r: r.backend_instance_id, 2**64 - 1),
+        ({"nvext": {"backend_instance_id": 7, "dp_rank": 3}}, lambda r: (r.backend_instance_id, r.dp_rank), (7, 3)),
     ],
 )
 def test_chat_parameter_is_mapped(fields, read, expected):
@@ -302,6 +304,10 @@ def test_embedding_parameters():
         ({"nvext": {"repetition_penalty": 0}}, "nvext.repetition_penalty"),
         ({"nvext": {"top_k": 5}, "top_k": 6}, "nvext.top_k"),
         ({"nvext": "fast"}, "nvext"),
+        ({"nvext": {"backend_instance_id": -1}}, "nvext.backend_instance_id"),
+        ({"nvext": {"backend_instance_id": "7f"}}, "nvext.backend_instance_id"),
+        ({"nvext": {"dp_rank": 0}}, "nvext.dp_rank"),
+        ({"nvext": {"backend_instance_id": 7, "dp_rank": -1}}, "nvext.dp_rank"),
         ({"echo": False}, "echo"),  # a completions parameter
         ({"frobnicate": 1}, "frobnicate"),
         ({"functions": [{"name": "f"}]}, "functions"),
