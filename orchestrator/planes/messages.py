@@ -107,7 +107,7 @@ class ErrorKind:
     DISCONNECTED = "disconnected"
     INVALID = "invalid_request"  # e.g. prompt longer than the context
     OVERLOADED = "overloaded"
-    BOOTSTRAP_TIMEOUT = "bootstrap_timeout"  # a disaggregated pair never met
+    BOOTSTRAP_TIMEOUT = "bootstrap_timeout"  # a disaggregated pair never met (or the prefill died first)
     INTERNAL = "internal"
 
     MIGRATABLE = frozenset({ENGINE_SHUTDOWN, DISCONNECTED})

@@ -421,6 +421,9 @@ class BootstrapClient:
                 f"bootstrap room {bootstrap.room}: no prefill within {self._timeout_s:g}s",
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError, msgspec.DecodeError) as exc:
+            # The prefill side died before its KV arrived: the pair never met, so the
+            # frontend blames the prefill worker and retries, as after a stalled one.
             raise EngineError(
-                ErrorKind.INTERNAL, f"bootstrap room {bootstrap.room}: connection to the prefill lost ({exc!r})"
+                ErrorKind.BOOTSTRAP_TIMEOUT,
+                f"bootstrap room {bootstrap.room}: connection to the prefill lost ({exc!r})",
             ) from None
