@@ -367,7 +367,7 @@ class _Worker:
     def __init__(self, ids: list[int]):
         self.ids = ids
 
-    async def generate(self, model, request):
+    async def generate(self, model, request, pin=None):
         for i, token in enumerate(self.ids):
             last = i == len(self.ids) - 1
             yield m.Chunk(request.request_id, token_ids=[token], finish_reason="stop" if last else None,
