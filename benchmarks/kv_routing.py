@@ -13,10 +13,10 @@ Prompts are token ids sent to `/v1/completions` (streamed, `max_tokens`
 
 The deployment is the real CLI: `dynamo-launch +recipe=llama8b_kv_router engine=mock`
 with `--workers` aggregated workers (KV events on, page size 16, Llama-3.1-8B timing on
-H100 at `--speedup`), once with the recipe's `router=kv` (its overlap score weight,
-or `--overlap-score-weight`) and once with `router=round_robin`, freshly started (cold
-caches) for every run. The runs alternate their order over `--repeats` repeats; medians
-are reported.
+H100 at `--speedup`), once with `router=kv` (at `--overlap-score-weight`), once with
+`router=round_robin` and once for the oracle (below), freshly started (cold caches)
+for every run. The runs alternate their order over `--repeats` repeats; medians are
+reported.
 
 Load: given several `--session-rates`, the whole comparison runs once per rate on the
 same trace, its session starts compressed by the rate (the draws do not depend on it),
@@ -37,10 +37,10 @@ worker with the longest cached prefix, whatever its queue (ties to the one given
 fewest prompt tokens so far), named in Dynamo's `nvext.backend_instance_id`, which the
 frontend obeys; its prompt is inserted into the copy when its first token arrives, as
 the engine inserts a prompt once it is prefilled (SGLang's `cache_unfinished_req`).
-The copies are unbounded, so the run counts
-the requests whose `cached_tokens` differ from the copy's prediction (`mispredicted`,
-0 when the copies are exact) and the script reports the `removed` KV events the kv
-run's index applied (0: the workers evicted nothing either).
+The copies are unbounded, so the run counts the requests whose `cached_tokens` differ
+from the copy's prediction (`mispredicted`, 0 when the copies are exact) and the
+script reports the `removed` KV events the kv run's index applied (0: the workers
+evicted nothing either).
 
 The peer runs in the same loop on the same trace and client: NVIDIA Dynamo 1.6.1's
 frontend (`--router-mode kv`, KV events on, the same overlap score weight) in front of
@@ -53,8 +53,7 @@ over the prompt's blocks, the last one partial) times the prompt's blocks as cac
 That is the frontend's view of the chosen worker's cache, which is the cache itself
 only if the events arrive: the script reports the `stored` events the peer's index
 applied (more than 0 means they do) and its hit rate is read against ours under
-round-robin, which serves the same caches blindly. Its mocker stores a prompt's blocks
-once they are prefilled, not when the request finishes as ours does.
+round-robin, which serves the same caches blindly.
 
 Timing: the two mocks do not share a model. Ours follows a roofline: a prefill step
 of n new tokens costs 2 ms + 32.5 us x n of simulated time (8.03 B parameters, 989
@@ -324,9 +323,9 @@ def summary(records: list[dict]) -> dict:
     pct = lambda q: 1e3 * ttft[min(len(ttft) - 1, int(q * len(ttft)))] if ttft else float("nan")
     prompts, cached = sum(r["prompt_tokens"] for r in ok), sum(r["cached_tokens"] for r in ok)
     result = {"requests": len(records), "errors": len(records) - len(ok), "hit_rate": cached / max(prompts, 1),
-            "uncached_per_request": (prompts - cached) / max(len(ok), 1),
-            "ttft_p50_ms": pct(0.5), "ttft_p99_ms": pct(0.99),
-            "duration_s": max((r["done"] for r in ok), default=0.0)}
+              "uncached_per_request": (prompts - cached) / max(len(ok), 1),
+              "ttft_p50_ms": pct(0.5), "ttft_p99_ms": pct(0.99),
+              "duration_s": max((r["done"] for r in ok), default=0.0)}
     if any("predicted_cached" in r for r in ok):
         result["mispredicted"] = sum(r["cached_tokens"] != r["predicted_cached"] for r in ok)
     return result

@@ -268,10 +268,9 @@ class Dispatcher:
         instance = next(i for i in live if i.record.instance_id == chosen.instance_id)
         return Placement(instance, chosen, len(tokens), model.card.kv_block_size, self.metrics, model.name)
 
-
     def _pinned(self, model: Model, types: tuple, tokens: list[int], pin: Pin) -> Placement:
-        instance = next((i for i in model.serving(*types) if i.record.instance_id == pin.instance_id), None)
-        if instance is None:
+        instance = model.instances.get(pin.instance_id)
+        if instance is None or instance.record.worker_type not in types:
             raise GenerationError(503, f"worker {pin.instance_id:x}, which the request names, no longer serves "
                                        f"{model.name}")
         chosen = Candidate(pin.instance_id, pin.dp_rank)  # no rank: the engine balances its ranks

@@ -164,8 +164,8 @@ def pin_of(model: Model, req: GenerationRequest) -> Pin | None:
     be one of the model's generating workers now (`GET /health` lists them, ids in hex)."""
     if req.backend_instance_id is None:
         return None
-    instance = next((i for i in model.serving(*GENERATING) if i.record.instance_id == req.backend_instance_id), None)
-    if instance is None:
+    instance = model.instances.get(req.backend_instance_id)
+    if instance is None or instance.record.worker_type not in GENERATING:
         raise errors.invalid_request(
             f"'nvext.backend_instance_id' {req.backend_instance_id} ({req.backend_instance_id:x} in hex) is not a "
             f"worker generating for {model.name}; GET /health lists them.", "nvext.backend_instance_id")
